@@ -1,0 +1,37 @@
+"""The `flow.metadata` keys that Portico's addons share (no addon imports another).
+
+Values are plain data (str, int, tuple); never secrets (passwords, tokens, cookies).
+"""
+
+REQUEST_ID = "portico.request_id"
+"""str: the id of this request, also sent upstream and shown on error pages (X-Request-Id)."""
+
+CLIENT_IP = "portico.client_ip"
+"""str: the client's address, after walking X-Forwarded-For through trusted proxies."""
+
+LISTENER = "portico.listener"
+"""str: "reverse" or "forward": which of Portico's listeners took the request."""
+
+ORIGINAL_HOST = "portico.original_host"
+"""str: the Host the client asked for (lower case, no port), before routing rewrote anything."""
+
+ORIGINAL_PATH = "portico.original_path"
+"""str: the request path (with query) as the client sent it, before prefix stripping."""
+
+ROUTE = "portico.route"
+"""str: the label of the route that took the request (see proxy.config.Route.label)."""
+
+UPSTREAM = "portico.upstream"
+"""str: the upstream base URL the request was sent to."""
+
+BLOCKED_BY = "portico.blocked_by"
+"""str: which addon answered the request itself instead of the upstream, and why (e.g. "router:no-route")."""
+
+USER = "portico.user"
+"""str: the authenticated user name (set by the auth addon)."""
+
+GROUPS = "portico.groups"
+"""tuple[str, ...]: the authenticated user's groups (set by the auth addon)."""
+
+STARTED = "portico.started"
+"""float: time.monotonic() when the request headers arrived."""

@@ -1,0 +1,233 @@
+"""Portico's configuration: one YAML file -> frozen dataclasses, validated before any socket opens.
+
+`load_config(path)` is the only entry point. Errors are `ConfigError`s whose message starts
+with the file name and names the dotted key, the offending value and what is allowed:
+`portico.yaml: routes[0].upstream: expected a URL like 'http://127.0.0.1:9000' ..., got 'ftp://x'`.
+The CLI prints that one line and exits with status 2.
+
+The sections mirror the libraries they configure: each library keeps its own settings
+dataclass (`telemetry.store.StoreSettings`, `proto.server.GrpcSettings`, ...) and the
+`to_*_settings()` functions here build them, so configuration never points upward.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from proxy.schema import ConfigError, build, parse_hostport, parse_http_url, parse_size
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+LOOPBACK_NETWORKS: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+def _check_host_pattern(value: str) -> None:
+    if value == "*":
+        return
+    bare = value[2:] if value.startswith("*.") else value
+    if not bare or "*" in bare or "/" in bare or ":" in bare or " " in bare:
+        raise ValueError("'*', an exact host like 'app.example.org' or a wildcard like '*.example.org'")
+
+
+def _check_path_prefix(value: str) -> None:
+    if not value.startswith("/") or "?" in value or "#" in value:
+        raise ValueError("a path prefix starting with '/', like '/api/'")
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """Which requests a route takes: by Host (exact, `*.suffix`, or `*`) and path prefix."""
+
+    host: str = field(default="*", metadata={"check": _check_host_pattern})
+    path_prefix: str = field(default="/", metadata={"check": _check_path_prefix})
+
+
+@dataclass(frozen=True)
+class Route:
+    """One upstream module behind the gateway."""
+
+    upstream: str = field(metadata={"parse": parse_http_url})
+    match: RouteMatch = RouteMatch()
+    name: str = ""
+    strip_prefix: bool = False
+    preserve_host: bool = True  # False: the upstream sees its own host in `Host`
+
+    @property
+    def label(self) -> str:
+        """The route's name for logs and events (its name, else host+prefix)."""
+        return self.name or f"{self.match.host}{self.match.path_prefix}"
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """The optional forward-proxy listener for users' browsing. Closed by default."""
+
+    listen: tuple[str, int] = field(metadata={"parse": parse_hostport})
+    allowed_clients: tuple[Network, ...] = LOOPBACK_NETWORKS
+    connect_ports: tuple[int, ...] = (443,)
+    allow_private_destinations: bool = False
+
+    def __post_init__(self) -> None:
+        for port in self.connect_ports:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"connect_ports: expected ports from 1 to 65535, got {port!r}")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Where and how events are stored (see telemetry.store.StoreSettings)."""
+
+    enabled: bool = True
+    path: Path = Path("./portico-data")
+    partition: Literal["day", "week"] = "day"
+    retention: dict[str, timedelta] = field(default_factory=dict)
+    dimensions: tuple[str, ...] | None = None
+    sync: bool = True
+
+
+@dataclass(frozen=True)
+class GrpcTlsConfig:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    """The analytics API listener."""
+
+    listen: str = field(default="127.0.0.1:50051", metadata={"check": lambda v: parse_hostport(v)})
+    tokens_file: Path | None = None
+    tls: GrpcTlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class PorticoConfig:
+    """The whole validated configuration."""
+
+    listen: tuple[str, int] = field(default=("127.0.0.1", 8080), metadata={"parse": parse_hostport})
+    routes: tuple[Route, ...] = ()
+    reserved_prefix: str = field(default="/_portico/", metadata={"check": _check_path_prefix})
+    trusted_proxies: tuple[Network, ...] = ()
+    max_request_body: int = field(default=10 * 2**20, metadata={"parse": parse_size})
+    shutdown_grace: timedelta = timedelta(seconds=10)
+    forward: ForwardConfig | None = None
+    telemetry: TelemetryConfig = TelemetryConfig()
+    grpc: GrpcConfig = GrpcConfig()
+    logging: LoggingConfig = LoggingConfig()
+    source: Path | None = field(default=None, metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        if not self.reserved_prefix.endswith("/"):
+            raise ValueError(f"reserved_prefix: expected a prefix ending in '/', got {self.reserved_prefix!r}")
+        seen: dict[tuple[str, str], int] = {}
+        for i, route in enumerate(self.routes):
+            prefix = route.match.path_prefix
+            if (prefix.rstrip("/") + "/").startswith(self.reserved_prefix):
+                raise ValueError(
+                    f"routes[{i}].match.path_prefix: {prefix!r} is inside the reserved prefix "
+                    f"{self.reserved_prefix!r}; choose another prefix or change reserved_prefix"
+                )
+            key = (route.match.host.lower(), prefix.rstrip("/") or "/")
+            if key in seen:
+                raise ValueError(
+                    f"routes[{i}].match: same host and path_prefix as routes[{seen[key]}] ({key[0]} {key[1]})"
+                )
+            seen[key] = i
+
+
+def load_config(path: str | os.PathLike[str]) -> PorticoConfig:
+    """Read, parse and validate a Portico YAML file.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or invalid; the message starts with the file name.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read configuration: {e.strerror or e}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, source: Path | None = None) -> PorticoConfig:
+    """Validate configuration text (for tests and `check-config`)."""
+    name = str(source) if source else "<config>"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{name}:{where}: not valid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if isinstance(data, dict) and "source" in data:
+        raise ConfigError(f"{name}: source: unknown key")
+    try:
+        config: PorticoConfig = build(PorticoConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    if source is not None:
+        object.__setattr__(config, "source", source)
+    return config
+
+
+def read_secret(key: str, file: Path | None, env: str | None) -> str | None:
+    """Read a secret named by `<key>_file` or `<key>_env`; the value is never put in messages.
+
+    Raises:
+        ConfigError: the file can't be read or the variable is unset/empty.
+    """
+    if file is not None:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{key}_file: cannot read {str(file)!r}: {e.strerror or e}") from None
+        if not value:
+            raise ConfigError(f"{key}_file: {str(file)!r} is empty")
+        return value
+    if env is not None:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise ConfigError(f"{key}_env: environment variable {env!r} is not set or empty")
+        return value
+    return None
+
+
+def is_loopback_listen(listen: str | tuple[str, int]) -> bool:
+    """True when a listen address only accepts connections from this machine."""
+    host = parse_hostport(listen)[0] if isinstance(listen, str) else listen[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def describe(config: PorticoConfig) -> dict[str, Any]:
+    """A short summary for `check-config` and the start-up log (no secrets)."""
+    return {
+        "listen": f"{config.listen[0]}:{config.listen[1]}",
+        "routes": [f"{r.match.host}{r.match.path_prefix} -> {r.upstream}" for r in config.routes],
+        "forward": f"{config.forward.listen[0]}:{config.forward.listen[1]}" if config.forward else None,
+        "telemetry": str(config.telemetry.path),
+        "grpc": config.grpc.listen,
+    }

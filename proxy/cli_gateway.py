@@ -29,6 +29,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     demo = subparsers.add_parser("demo", help="run the gateway in front of a built-in demo module")
     demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    demo.add_argument("--grpc-port", type=int, default=50051, help="analytics API port (default 50051)")
     demo.add_argument("--data", default="./demo-data", help="where the demo keeps its events and users")
     _log_args(demo)
     demo.set_defaults(func=cmd_demo)
@@ -84,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from proxy import demo
 
     configure_logging(args.log_format or "text", args.log_level or "info")
-    config, module = demo.prepare(port=args.port, data_dir=args.data)
+    config, module = demo.prepare(port=args.port, data_dir=args.data, grpc_port=args.grpc_port)
 
     def started(gateway) -> None:  # noqa: ANN001
         demo.print_welcome(gateway, module, sys.stdout)

@@ -140,7 +140,7 @@ class DemoModule:
             req.wfile.write(body)
 
 
-def demo_config_text(port: int, module_url: str, data_dir: Path) -> str:
+def demo_config_text(port: int, module_url: str, data_dir: Path, grpc_port: int = 50051) -> str:
     """The YAML a user would write for the demo."""
     return f"""
 listen: 127.0.0.1:{port}
@@ -152,16 +152,16 @@ routes:
     match: {{host: "*", path_prefix: /}}
     upstream: {module_url}
 telemetry: {{path: {json.dumps(str(data_dir / 'events'))}}}
-grpc: {{listen: 127.0.0.1:50051}}
+grpc: {{listen: 127.0.0.1:{grpc_port}}}
 """
 
 
-def prepare(port: int, data_dir: str | Path) -> tuple[PorticoConfig, DemoModule]:
+def prepare(port: int, data_dir: str | Path, grpc_port: int = 50051) -> tuple[PorticoConfig, DemoModule]:
     """Start the demo module and build the gateway's configuration for it."""
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     module = DemoModule().start()
-    config = parse_config(demo_config_text(port, module.url, data), data / "demo.yaml")
+    config = parse_config(demo_config_text(port, module.url, data, grpc_port), data / "demo.yaml")
     return config, module
 
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set everything up and run the whole test suite: `make test` and `.ci/run` both run this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-system-deps.sh
+scripts/bootstrap.sh test
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "portico: pytest collected no tests" >&2
+fi
+exit "$status"

@@ -1,0 +1,122 @@
+"""The `portico` console script as a user runs it: real subprocesses, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import EchoUpstream
+
+PORTICO = [sys.executable, "-m", "proxy.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PORTICO, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_check_config_accepts_a_good_file(tmp_path):
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("routes: [{upstream: 'http://127.0.0.1:9000'}]\n")
+    result = run_cli("check-config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_check_config_rejects_a_bad_file_with_one_line_and_status_2(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("routes: [{upstream: 'http://127.0.0.1:9000', strip_prefx: true}]\n")
+    result = run_cli("check-config", str(cfg))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"portico: {cfg}: routes[0].strip_prefx: unknown key; did you mean 'strip_prefix'?"
+    )
+
+
+def test_run_with_bad_config_exits_2_before_listening(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("listen: 127.0.0.1:notaport\n")
+    result = run_cli("run", "--config", str(cfg))
+    assert result.returncode == 2
+    assert "listen: expected an address" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_subcommand_is_a_usage_error():
+    result = run_cli("frobnicate")
+    assert result.returncode == 2
+
+
+def _wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 30) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    seen = []
+    stream = proc.stdout
+    assert stream is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], 0.2)
+        if ready:
+            line = stream.readline()
+            if not line:
+                break
+            seen.append(line)
+            if m := re.search(pattern, line):
+                return m
+    proc.kill()
+    raise AssertionError(f"never saw {pattern!r}; output: {''.join(seen)[-2000:]}")
+
+
+def test_run_serves_and_exits_0_on_sigterm(tmp_path):
+    upstream = EchoUpstream("svc")
+    cfg = tmp_path / "portico.yaml"
+    cfg.write_text(f"""
+listen: 127.0.0.1:0
+grpc: {{listen: 127.0.0.1:0}}
+telemetry: {{path: {json.dumps(str(tmp_path / 'data'))}}}
+routes: [{{upstream: '{upstream.url}'}}]
+""")
+    proc = subprocess.Popen([*PORTICO, "run", "--config", str(cfg), "--log-format", "json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        m = _wait_for_line(proc, r"'listen': '127\.0\.0\.1:(\d+)'")
+        port = int(m.group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/hello", timeout=5) as resp:
+            assert json.loads(resp.read())["path"] == "/hello"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert any(entry["message"] == "stopped" for entry in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        upstream.close()
+
+
+def test_demo_serves_a_page_through_the_gateway(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([*PORTICO, "demo", "--port", "0", "--grpc-port", "0", "--data", str(tmp_path / "demo")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        m = _wait_for_line(proc, r"Open:\s+(http://127\.0\.0\.1:\d+)/")
+        base = m.group(1)
+        with urllib.request.urlopen(base + "/about", timeout=5) as resp:
+            page = resp.read().decode()
+        assert resp.status == 200 and "Demo org" in page
+        _wait_for_line(proc, r"GET /about\s+-> 200")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0

@@ -35,3 +35,18 @@ GROUPS = "portico.groups"
 
 STARTED = "portico.started"
 """float: time.monotonic() when the request headers arrived."""
+
+DO_NOT_CACHE = "portico.do_not_cache"
+"""str: set (to the reason) by moderation/phishing/auth addons: the cache must not store this response."""
+
+CACHE_STATUS = "portico.cache_status"
+"""str: the cache outcome: hit, miss, stale, revalidated, bypass, expired, updating (set by the cache addon)."""
+
+CACHE_BYTES = "portico.cache_bytes"
+"""int: response body bytes served from the cache (0 on a miss)."""
+
+DNS_RESOLUTION = "portico.dns"
+"""str: how the upstream name was resolved: dot, doh, plaintext, cached, static (set by the DNS guard)."""
+
+DNS_RESOLVER = "portico.dns_resolver"
+"""str: which resolver answered (its name or URL)."""

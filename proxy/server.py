@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,7 +125,9 @@ class Gateway:
         for server in servers:
             if not server.is_running:
                 error = getattr(server, "last_exception", None)
-                raise StartupError(f"cannot listen on {server.mode.full_spec.split('@')[-1]}: {error}")
+                reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else str(error)
+                which = "forward.listen" if server.mode.type_name == "regular" else "listen"
+                raise StartupError(f"{which}: cannot listen on {server.mode.full_spec.split('@')[-1]}: {reason}")
 
     async def _start_grpc(self) -> None:
         from proto import server as grpc_server_module

@@ -61,6 +61,8 @@ class Route:
     name: str = ""
     strip_prefix: bool = False
     preserve_host: bool = True  # False: the upstream sees its own host in `Host`
+    moderate: bool = False  # score this route's text responses against the moderation categories
+    check_links: bool = False  # phishing-check the links in this route's HTML responses
 
     @property
     def label(self) -> str:
@@ -111,6 +113,116 @@ class GrpcConfig:
     tls: GrpcTlsConfig | None = None
 
 
+def _check_ipaddr(value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("an IP address like '9.9.9.9' or '2620:fe::fe' (the address Portico dials)") from None
+
+
+@dataclass(frozen=True)
+class DnsResolverConfig:
+    """One encrypted resolver (see addons.dns_resolver.ResolverSpec)."""
+
+    protocol: Literal["dot", "doh"]
+    address: str = field(metadata={"check": _check_ipaddr})
+    port: int | None = None  # 853 for dot, 443 for doh
+    server_name: str | None = None  # verified against the certificate (RFC 8310 strict)
+    spki_pins: tuple[str, ...] = ()
+    ca_file: Path | None = None
+    path: str = field(default="/dns-query", metadata={"check": _check_path_prefix})
+    timeout: timedelta = timedelta(seconds=2)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.server_name and not self.spki_pins:
+            raise ValueError("server_name: required (or spki_pins): strict DNS-over-TLS/HTTPS authenticates "
+                             "the resolver by its certificate name or key pin")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ValueError(f"port: expected a port from 1 to 65535, got {self.port!r}")
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """Encrypted DNS for upstream and forward-proxy names (addons/dnsguard.py)."""
+
+    resolvers: tuple[DnsResolverConfig, ...] = ()
+    plaintext_fallback: bool = False  # True: the system resolver answers when all encrypted ones fail
+    min_ttl: timedelta = timedelta(seconds=5)
+    max_ttl: timedelta = timedelta(hours=1)
+    ipv6: bool = True
+    doh_clients: Literal["allow", "log", "block"] = "log"  # forward-proxy clients running their own DoH
+    doh_hosts: tuple[str, ...] = ()  # added to the built-in list of known DoH hosts
+
+    def __post_init__(self) -> None:
+        if not self.resolvers and not self.plaintext_fallback:
+            raise ValueError("resolvers: expected at least one encrypted resolver (or plaintext_fallback: true)")
+
+
+@dataclass(frozen=True)
+class CategoryConfig:
+    """A content category: domain/URL/phrase lists and what to do on a match."""
+
+    name: str
+    action: Literal["block", "warn", "log"] = "block"
+    threshold: float = 10.0  # phrase score at or above which text content is in the category
+    domains: tuple[str, ...] = ()  # plain, hosts-file or adblock `||domain^` lines
+    url_patterns: tuple[str, ...] = ()  # regular expressions on the full URL
+    phrases: dict[str, float] = field(default_factory=dict)  # phrase -> weight
+    directory: Path | None = None  # domains*/urls*/phrases* files, reloaded on change
+    file: Path | None = None  # a YAML file {domains: [...], url_patterns: [...], phrases: {...}}
+
+    def __post_init__(self) -> None:
+        import re
+
+        for i, pattern in enumerate(self.url_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"url_patterns[{i}]: expected a regular expression, got {pattern!r} ({e})") from None
+
+
+@dataclass(frozen=True)
+class ForumRuleConfig:
+    """Posts to `paths` are scored for profanity and heated language before they are forwarded."""
+
+    name: str
+    paths: tuple[str, ...]
+    action: Literal["alert", "hold", "reject"] = "alert"
+    threshold: float = 5.0
+    fields: tuple[str, ...] = ()  # form/JSON fields to read; empty: every text field
+    words: dict[str, float] = field(default_factory=dict)  # added to the built-in weighted list
+    words_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ModerationConfig:
+    """Content categories (all forward traffic; reverse routes with `moderate: true`) and forum rules."""
+
+    categories: tuple[CategoryConfig, ...] = ()
+    forum: tuple[ForumRuleConfig, ...] = ()
+    max_scan_bytes: int = field(default=1_000_000, metadata={"parse": parse_size})
+    reload_interval: timedelta = timedelta(seconds=2)
+    continue_ttl: timedelta = timedelta(minutes=30)
+    secret_file: Path | None = None  # signs warn-page "continue" links; random per process if unset
+    secret_env: str | None = None
+
+
+@dataclass(frozen=True)
+class PhishingConfig:
+    """Homograph, lookalike and blocklist checks on forward destinations and reverse-route links."""
+
+    enabled: bool = True
+    protected_domains: tuple[str, ...] = ()  # added to the built-in commonly targeted list
+    homograph_action: Literal["block", "warn", "log"] = "block"
+    lookalike_action: Literal["block", "warn", "log"] = "warn"
+    blocklist_action: Literal["block", "warn", "log"] = "block"
+    blocklist: tuple[str, ...] = ()
+    blocklist_files: tuple[Path, ...] = ()
+    allow: tuple[str, ...] = ()  # registrable domains never flagged
+    max_edit_distance: int = 1
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     format: Literal["text", "json"] = "text"
@@ -131,6 +243,9 @@ class PorticoConfig:
     telemetry: TelemetryConfig = TelemetryConfig()
     grpc: GrpcConfig = GrpcConfig()
     logging: LoggingConfig = LoggingConfig()
+    dns: DnsConfig | None = None
+    moderation: ModerationConfig | None = None
+    phishing: PhishingConfig | None = None
     source: Path | None = field(default=None, metadata={"internal": True})
 
     def __post_init__(self) -> None:

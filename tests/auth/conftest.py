@@ -1,0 +1,39 @@
+"""Fixtures for the auth tests: a real slapd per session (seeded) and per test (disposable)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.auth.slapd import Slapd, slapd_available
+
+needs_slapd = pytest.mark.skipif(not slapd_available(),
+                                 reason="slapd/ldap-utils not installed: run scripts/install-system-deps.sh")
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """A seeded slapd shared by the read-only tests; do not stop it."""
+    if not slapd_available():
+        pytest.skip("slapd not installed: run scripts/install-system-deps.sh")
+    server = Slapd(tmp_path_factory.mktemp("slapd")).start()
+    try:
+        server.seed()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_slapd(tmp_path: Path) -> Iterator[Slapd]:
+    """A seeded slapd this test may stop, restart or modify."""
+    if not slapd_available():
+        pytest.skip("slapd not installed: run scripts/install-system-deps.sh")
+    server = Slapd(tmp_path / "slapd").start()
+    try:
+        server.seed()
+        yield server
+    finally:
+        server.stop()

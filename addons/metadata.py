@@ -50,3 +50,15 @@ DNS_RESOLUTION = "portico.dns"
 
 DNS_RESOLVER = "portico.dns_resolver"
 """str: which resolver answered (its name or URL)."""
+
+VISITOR = "portico.visitor"
+"""str: the cookieless visitor id (addons/visitor.py), set by the first tracking addon that needed it."""
+
+SESSION = "portico.session"
+"""str: the visitor's session id (30 minutes idle)."""
+
+REQUEST_RECORDED = "portico.request_recorded"
+"""bool: the tracking addon has recorded this flow's `request` event (exactly one per flow)."""
+
+ACCESS_LOGGED = "portico.access_logged"
+"""bool: the access log has written this flow's line (exactly one per flow)."""

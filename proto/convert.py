@@ -1,0 +1,367 @@
+"""Conversion between `portico.v1` messages and the telemetry dataclasses.
+
+Request messages become `telemetry.query` objects here, with proto3 defaults (empty string,
+0) turned into the telemetry defaults and out-of-range values refused with an
+`InvalidRequest` that names the field and what is allowed. Results go the other way.
+No I/O and no gRPC here: the servicer (`proto/service.py`) maps errors to status codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from proto.portico.v1 import analytics_pb2 as pb
+
+MAX_PAGE_SIZE = 10_000
+DEFAULT_QUERY_PAGE = 1000
+DEFAULT_LIST_PAGE = 100
+MAX_FUNNEL_STEPS = 20
+INTERVALS = ("auto", "minute", "hour", "day", "week", "month", "none")
+ORDERS = ("time", "value_desc", "value_asc")
+PRESETS = ("users", "enrolments")
+BOOL_OPS = ("and", "or", "not")
+
+
+class InvalidRequest(ValueError):
+    """A request field is missing or out of range; str() names the field and what is allowed."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+# ---- values -----------------------------------------------------------------------------
+
+def value_to_py(value: pb.Value) -> Any:
+    """The Python value of a `Value` (None when no kind is set)."""
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return None
+    if kind == "list_value":
+        return [value_to_py(v) for v in value.list_value.values]
+    if kind == "map_value":
+        return {k: value_to_py(v) for k, v in value.map_value.fields.items()}
+    return getattr(value, kind)
+
+
+def set_value(out: pb.Value, value: Any) -> None:
+    """Fill `out` from a Python scalar / list / dict (None leaves it empty).
+
+    Raises:
+        TypeError: a value of a type events can't hold.
+    """
+    # bool before int: bool is a subclass of int
+    if value is None:
+        return
+    if isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    elif isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, (list, tuple)):
+        lv = out.list_value
+        lv.SetInParent()
+        for item in value:
+            set_value(lv.values.add(), item)
+    elif isinstance(value, Mapping):
+        mv = out.map_value
+        mv.SetInParent()
+        for k, item in value.items():
+            set_value(mv.fields[str(k)], item)
+    else:
+        raise TypeError(f"cannot send a {type(value).__name__} value ({value!r})")
+
+
+def attrs_to_py(attrs: Mapping[str, pb.Value]) -> dict[str, Any]:
+    return {k: value_to_py(v) for k, v in attrs.items()}
+
+
+# ---- times ------------------------------------------------------------------------------
+
+def timestamp_to_datetime(ts: Any) -> datetime:
+    """An aware UTC datetime with microsecond precision from a Timestamp."""
+    return datetime.fromtimestamp(ts.seconds, tz=timezone.utc) + timedelta(microseconds=ts.nanos // 1000)
+
+
+def set_timestamp_us(out: Any, time_us: int) -> None:
+    out.seconds, rem = divmod(time_us, 1_000_000)
+    out.nanos = rem * 1000
+
+
+def set_timestamp(out: Any, dt: datetime) -> None:
+    """Fill a Timestamp from an aware datetime (naive ones are taken as UTC)."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    set_timestamp_us(out, (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
+def _time_range(msg: Any) -> tuple[datetime, datetime]:
+    for name in ("start", "end"):
+        if not msg.HasField(name):
+            raise InvalidRequest(name, "required (a timestamp)")
+    start, end = timestamp_to_datetime(msg.start), timestamp_to_datetime(msg.end)
+    if start >= end:
+        raise InvalidRequest("end", f"{end.isoformat()} is not after start {start.isoformat()}")
+    return start, end
+
+
+def _page_size(value: int, default: int, field: str = "page_size") -> int:
+    if value == 0:
+        return default
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise InvalidRequest(field, f"{value} is out of range 1..{MAX_PAGE_SIZE}")
+    return value
+
+
+def _choice(value: str, allowed: Sequence[str], field: str, default: str) -> str:
+    if not value:
+        return default
+    if value not in allowed:
+        raise InvalidRequest(field, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+# ---- events -----------------------------------------------------------------------------
+
+def event_from_pb(msg: pb.Event) -> Any:
+    """A validated `telemetry.events.Event`.
+
+    Raises:
+        telemetry.errors.EventError: the event is invalid (names the field).
+    """
+    from telemetry.events import make_event
+
+    time = timestamp_to_datetime(msg.time) if msg.HasField("time") else None
+    return make_event(msg.type, attrs_to_py(msg.attrs), id=msg.id or None, time=time)
+
+
+def event_to_pb(event: Any, out: pb.Event) -> pb.Event:
+    out.id = event.id
+    set_timestamp_us(out.time, event.time_us)
+    out.type = event.type
+    for k, v in event.attrs.items():
+        set_value(out.attrs[k], v)
+    return out
+
+
+# ---- filters ----------------------------------------------------------------------------
+
+def filter_from_pb(msg: pb.Filter, field: str) -> Any:
+    """A `telemetry.query.Filter` / `BoolFilter` from a `Filter` message."""
+    from telemetry.query import BoolFilter, Filter, parse_filter
+
+    kind = msg.WhichOneof("kind")
+    if kind == "expr":
+        return parse_filter(msg.expr)
+    if kind == "condition":
+        c = msg.condition
+        if not c.attr:
+            raise InvalidRequest(f"{field}.condition.attr", "required")
+        if not c.op:
+            raise InvalidRequest(f"{field}.condition.op", "required")
+        return Filter(attr=c.attr, op=c.op, value=value_to_py(c.value) if c.HasField("value") else None)
+    if kind == "bool":
+        op = _choice(msg.bool.op, BOOL_OPS, f"{field}.bool.op", "")
+        if not op:
+            raise InvalidRequest(f"{field}.bool.op", f"required, one of {', '.join(BOOL_OPS)}")
+        items = tuple(filter_from_pb(item, f"{field}.bool.items[{i}]") for i, item in enumerate(msg.bool.items))
+        if not items:
+            raise InvalidRequest(f"{field}.bool.items", "needs at least one filter")
+        return BoolFilter(op=op, items=items)
+    raise InvalidRequest(field, "empty filter: set expr, condition or bool")
+
+
+def filters_from_pb(msgs: Iterable[pb.Filter], field: str = "filters") -> tuple[Any, ...]:
+    return tuple(filter_from_pb(m, f"{field}[{i}]") for i, m in enumerate(msgs))
+
+
+def geo_from_pb(msg: Any, has: bool) -> Any:
+    from telemetry.query import GeoFilter
+
+    if not has:
+        return None
+    kind = msg.WhichOneof("area")
+    if kind == "bbox":
+        b = msg.bbox
+        if not (-90 <= b.south <= b.north <= 90):
+            raise InvalidRequest("geo.bbox", f"need -90 <= south <= north <= 90, got south={b.south} north={b.north}")
+        if not (-180 <= b.west <= 180 and -180 <= b.east <= 180):
+            raise InvalidRequest("geo.bbox", f"west and east must be in -180..180, got {b.west}, {b.east}")
+        return GeoFilter(bbox=(b.south, b.west, b.north, b.east))
+    if kind == "near":
+        n = msg.near
+        if not (-90 <= n.lat <= 90 and -180 <= n.lon <= 180):
+            raise InvalidRequest("geo.near", f"lat must be in -90..90 and lon in -180..180, got {n.lat}, {n.lon}")
+        if not n.km > 0:
+            raise InvalidRequest("geo.near.km", f"must be > 0, got {n.km}")
+        return GeoFilter(near=(n.lat, n.lon, n.km))
+    raise InvalidRequest("geo", "empty: set bbox or near")
+
+
+# ---- Query ------------------------------------------------------------------------------
+
+def query_from_pb(msg: pb.QueryRequest) -> Any:
+    """A `telemetry.query.Query` for a QueryRequest (presets applied)."""
+    from telemetry import query as tq
+
+    start, end = _time_range(msg)
+    interval = _choice(msg.interval, INTERVALS, "interval", "auto")
+    order = _choice(msg.order, ORDERS, "order", "time")
+    preset = _choice(msg.preset, PRESETS, "preset", "")
+    kwargs: dict[str, Any] = dict(
+        start=start,
+        end=end,
+        filters=filters_from_pb(msg.filters),
+        geo=geo_from_pb(msg.geo, msg.HasField("geo")),
+        interval=None if interval == "none" else interval,
+        tz=msg.tz or "UTC",
+        limit=_page_size(msg.page_size, DEFAULT_QUERY_PAGE),
+        page_token=msg.page_token or None,
+    )
+    if preset:
+        if msg.types or msg.group_by:
+            raise InvalidRequest("preset", f"{preset!r} sets types and group_by itself; leave them empty")
+        base = preset_query(preset, start=start, end=end)
+        kwargs.update(types=base.types, group_by=base.group_by, metric=msg.metric or base.metric,
+                      filters=tuple(base.filters) + kwargs["filters"])
+    else:
+        kwargs.update(types=tuple(msg.types), group_by=tuple(msg.group_by), metric=msg.metric or "count")
+    if msg.geo_precision:
+        if not 0 <= msg.geo_precision <= 6:
+            raise InvalidRequest("geo_precision", f"{msg.geo_precision} is out of range 0..6")
+        kwargs["geo_precision"] = msg.geo_precision
+    kwargs["order"] = order
+    return tq.Query(**kwargs)
+
+
+def preset_query(name: str, *, start: datetime, end: datetime) -> Any:
+    """The telemetry store's preset query `name` ("users" or "enrolments")."""
+    from telemetry import query as tq
+
+    factory = {"users": tq.users_query, "enrolments": tq.enrolments_query}[name]
+    return factory(start=start, end=end)
+
+
+def row_to_pb(row: Any, out: pb.Row) -> pb.Row:
+    if row.bucket is not None:
+        set_timestamp(out.bucket, row.bucket)
+    for k, v in row.keys.items():
+        set_value(out.keys[str(k)], v)
+    if isinstance(row.value, int) and not isinstance(row.value, bool):
+        out.int_value = row.value
+    else:
+        out.double_value = float(row.value)
+    return out
+
+
+def query_result_to_pb(result: Any, q: Any) -> pb.QueryResponse:
+    out = pb.QueryResponse(
+        next_page_token=result.next_page_token or "",
+        total_rows=result.total_rows,
+        interval=result.interval or "",
+        approximate=bool(getattr(result, "approximate", False)),
+        tz=q.tz,
+        group_by=list(q.group_by),
+        metric=q.metric,
+    )
+    for row in result.rows:
+        row_to_pb(row, out.rows.add())
+    return out
+
+
+# ---- ListEvents -------------------------------------------------------------------------
+
+def list_query_from_pb(msg: pb.ListEventsRequest) -> Any:
+    from telemetry.query import ListQuery
+
+    start, end = _time_range(msg)
+    return ListQuery(
+        start=start,
+        end=end,
+        types=tuple(msg.types),
+        filters=filters_from_pb(msg.filters),
+        geo=geo_from_pb(msg.geo, msg.HasField("geo")),
+        limit=_page_size(msg.page_size, DEFAULT_LIST_PAGE),
+        page_token=msg.page_token or None,
+        descending=msg.descending,
+    )
+
+
+def event_page_to_pb(page: Any) -> pb.ListEventsResponse:
+    out = pb.ListEventsResponse(next_page_token=page.next_page_token or "")
+    for event in page.events:
+        event_to_pb(event, out.events.add())
+    return out
+
+
+# ---- Funnel -----------------------------------------------------------------------------
+
+def funnel_query_from_pb(msg: pb.FunnelRequest) -> Any:
+    from telemetry.query import FunnelQuery, FunnelStep
+
+    start, end = _time_range(msg)
+    if not msg.steps:
+        raise InvalidRequest("steps", "needs at least one step")
+    if len(msg.steps) > MAX_FUNNEL_STEPS:
+        raise InvalidRequest("steps", f"{len(msg.steps)} steps; at most {MAX_FUNNEL_STEPS}")
+    steps = []
+    for i, step in enumerate(msg.steps):
+        if not step.type:
+            raise InvalidRequest(f"steps[{i}].type", "required (an event type)")
+        steps.append(FunnelStep(type=step.type, filters=filters_from_pb(step.filters, f"steps[{i}].filters")))
+    if not msg.HasField("within"):
+        raise InvalidRequest("within", "required (a duration > 0)")
+    within = msg.within.ToTimedelta()
+    if within <= timedelta(0):
+        raise InvalidRequest("within", f"must be > 0, got {within}")
+    return FunnelQuery(start=start, end=end, steps=tuple(steps), within=within, by=msg.by or "user")
+
+
+def funnel_result_to_pb(result: Any) -> pb.FunnelResponse:
+    out = pb.FunnelResponse()
+    for s in result.steps:
+        out.steps.add(step=s.step, type=s.type, entered=s.entered, converted=s.converted, drop_off=s.drop_off)
+    return out
+
+
+# ---- Stats ------------------------------------------------------------------------------
+
+def stats_to_pb(stats: Any) -> pb.StatsResponse:
+    """Every public field of the store's stats object (dataclass or mapping) as a Value."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(stats):
+        items = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
+    elif isinstance(stats, Mapping):
+        items = dict(stats)
+    else:
+        items = {k: v for k, v in vars(stats).items() if not k.startswith("_")}
+    out = pb.StatsResponse()
+    for k, v in items.items():
+        set_value(out.values[k], _plain(v))
+    return out
+
+
+def _plain(v: Any) -> Any:
+    """Stats values that protobuf can carry: paths, datetimes and durations as text."""
+    import dataclasses
+
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, timedelta):
+        return v.total_seconds()
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)

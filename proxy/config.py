@@ -52,6 +52,43 @@ class RouteMatch:
     path_prefix: str = field(default="/", metadata={"check": _check_path_prefix})
 
 
+def _check_object_size(value: int) -> None:
+    if not 0 < value <= 8 * 2**20:
+        raise ValueError("a size from 1 byte to 8MiB (the engine streams larger bodies; they can't be stored)")
+
+
+@dataclass(frozen=True)
+class RouteCacheConfig:
+    """A route's `cache:` switches; unset keys inherit the global `cache:` section."""
+
+    enabled: bool | None = None
+    default_ttl: timedelta | None = None  # for responses without freshness information
+    ignore_query_params: tuple[str, ...] | None = None  # globs like 'utm_*'
+    sort_query: bool | None = None
+    store_set_cookie: bool | None = None  # store (without Set-Cookie) responses that set cookies
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The shared HTTP cache (addons/cache.py; docs/cache.md). Off unless enabled."""
+
+    enabled: bool = False
+    path: Path = Path("./portico-cache")
+    max_size: int = field(default=2**30, metadata={"parse": parse_size})
+    max_object_size: int = field(default=8 * 2**20, metadata={"parse": parse_size, "check": _check_object_size})
+    default_ttl: timedelta | None = None
+    heuristic_max: timedelta = timedelta(days=1)
+    ignore_query_params: tuple[str, ...] = ()
+    sort_query: bool = False
+    store_set_cookie: bool = False
+    private_cookies: tuple[str, ...] = ("portico_session",)
+    purge_networks: tuple[Network, ...] = ()
+    stale_while_revalidate_max: timedelta = timedelta(days=1)
+    stale_if_error_max: timedelta = timedelta(days=1)
+    lock_timeout: timedelta = timedelta(seconds=5)
+    revalidate_timeout: timedelta = timedelta(seconds=10)
+
+
 @dataclass(frozen=True)
 class Route:
     """One upstream module behind the gateway."""
@@ -61,6 +98,7 @@ class Route:
     name: str = ""
     strip_prefix: bool = False
     preserve_host: bool = True  # False: the upstream sees its own host in `Host`
+    cache: RouteCacheConfig | None = None
     moderate: bool = False  # score this route's text responses against the moderation categories
     check_links: bool = False  # phishing-check the links in this route's HTML responses
 
@@ -243,6 +281,7 @@ class PorticoConfig:
     telemetry: TelemetryConfig = TelemetryConfig()
     grpc: GrpcConfig = GrpcConfig()
     logging: LoggingConfig = LoggingConfig()
+    cache: CacheConfig = CacheConfig()
     dns: DnsConfig | None = None
     moderation: ModerationConfig | None = None
     phishing: PhishingConfig | None = None

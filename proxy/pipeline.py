@@ -16,6 +16,8 @@ from typing import Any
 
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 
+from addons.cache import Cache, CacheSettings, RouteCacheSettings
+from addons.cache_store import CacheStore, CacheStoreSettings
 from addons.endpoints import Endpoints, EndpointsSettings
 from addons.errorpage import ErrorPage
 from addons.forwarded import Forwarded, ForwardedSettings
@@ -33,6 +35,7 @@ class Services:
     lifecycle: Lifecycle
     store: Any = None  # telemetry.store.Store when telemetry is enabled
     version: str = "0"
+    cache_store: Any = None  # addons.cache_store.CacheStore when cache is enabled (gRPC purge/stats)
 
 
 def engine_addons() -> list[Any]:
@@ -56,6 +59,35 @@ def route_specs(config: PorticoConfig) -> list[RouteSpec]:
     ]
 
 
+def cache_addon(config: PorticoConfig, services: Services) -> Cache:
+    """The Cache addon from `cache:` and the routes' `cache:` switches; opens the store once."""
+    c = config.cache
+    base = RouteCacheSettings(default_ttl=c.default_ttl.total_seconds() if c.default_ttl else None,
+                              ignore_query_params=c.ignore_query_params, sort_query=c.sort_query,
+                              store_set_cookie=c.store_set_cookie)
+    routes = {}
+    for r in config.routes:
+        rc = r.cache
+        if rc is None:
+            continue
+        routes[r.label] = RouteCacheSettings(
+            enabled=base.enabled if rc.enabled is None else rc.enabled,
+            default_ttl=base.default_ttl if rc.default_ttl is None else rc.default_ttl.total_seconds(),
+            ignore_query_params=base.ignore_query_params if rc.ignore_query_params is None else rc.ignore_query_params,
+            sort_query=base.sort_query if rc.sort_query is None else rc.sort_query,
+            store_set_cookie=base.store_set_cookie if rc.store_set_cookie is None else rc.store_set_cookie)
+    if services.cache_store is None:
+        services.cache_store = CacheStore(CacheStoreSettings(path=c.path, max_size=c.max_size,
+                                                             max_object_size=c.max_object_size))
+    return Cache(CacheSettings(
+        default=base, routes=routes, max_object_size=c.max_object_size,
+        heuristic_max=c.heuristic_max.total_seconds(),
+        stale_while_revalidate_max=c.stale_while_revalidate_max.total_seconds(),
+        stale_if_error_max=c.stale_if_error_max.total_seconds(), lock_timeout=c.lock_timeout.total_seconds(),
+        fetch_timeout=c.revalidate_timeout.total_seconds(), purge_networks=c.purge_networks,
+        private_cookies=c.private_cookies), services.cache_store)
+
+
 def portico_addons(config: PorticoConfig, services: Services) -> list[Any]:
     """Portico's addons, in request order."""
     addons: list[Any] = [
@@ -73,4 +105,11 @@ def portico_addons(config: PorticoConfig, services: Services) -> list[Any]:
         )))
     addons.append(Endpoints(EndpointsSettings(reserved_prefix=config.reserved_prefix, version=services.version)))
     addons.append(Router(route_specs(config)))
+    cache = cache_addon(config, services) if config.cache.enabled else None
+    if cache is not None:
+        addons.append(cache)
+    # [moderation] goes here, between the cache lookup and its store stage, so the store
+    # stage sees metadata.DO_NOT_CACHE; tracking goes after the store stage (reads CACHE_STATUS).
+    if cache is not None:
+        addons.append(cache.store_stage)
     return addons

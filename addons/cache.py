@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import http.client
+import http.client as httpclient
 import ipaddress
 import json
 import logging
@@ -93,6 +93,14 @@ class _State:
 
 
 @dataclass
+class _Updated:
+    """A revalidation that left a usable stored response (after a 304 or a new 200)."""
+
+    entry: Entry
+    status: int
+
+
+@dataclass
 class _Fetched:
     status: int
     reason: str
@@ -113,10 +121,10 @@ def _fetch_blocking(scheme: str, host: str, port: int, path: str, headers: Seque
                     timeout: float) -> _Fetched:
     """One GET to the upstream (run in a thread): revalidation and background refresh."""
     if scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+        conn: httpclient.HTTPConnection = httpclient.HTTPSConnection(
             host, port, timeout=timeout, context=ssl.create_default_context())
     else:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn = httpclient.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
         for k, v in headers:
@@ -348,18 +356,17 @@ class Cache:
         except Exception as e:  # noqa: BLE001 - upstream unreachable: stale-if-error or the engine's 502
             log.info("cache: revalidating %s failed: %s", state.url, e)
             result = None
-        if isinstance(result, Entry):  # 304 merged, or a new full response stored
-            fresh = result
+        if isinstance(result, _Updated):  # 304 merged, or a new full response stored
+            fresh = result.entry
             age = P.current_age(P.Times(fresh.request_time, fresh.response_time,
                                         P.http_date(P.Fields(fresh.headers).get("date")), fresh.age), self.clock())
             new_control = P.response_control(P.Fields(fresh.headers))
             lifetime = P.freshness_lifetime(fresh.status, P.Fields(fresh.headers), new_control,
                                             heuristic_max=self.settings.heuristic_max,
                                             default_ttl=state.route.default_ttl).lifetime
-            same = fresh.body_hash == entry.body_hash
             state.fwd = "request" if by_request else "stale"
-            self._serve(flow, state, fresh, age, lifetime - age, "revalidated" if same else "expired",
-                        fwd=state.fwd, fwd_status=304 if same else 200, hit=False)
+            self._serve(flow, state, fresh, age, lifetime - age, "revalidated" if result.status == 304 else "expired",
+                        fwd=state.fwd, fwd_status=result.status, hit=False)
             return
         if isinstance(result, _Fetched):
             if result.status >= 500 and sie:
@@ -388,7 +395,8 @@ class Cache:
                    (*_CONDITIONALS, "if-range", "range", "content-length")]
         headers += list(P.conditional_headers(P.Fields(entry.headers)).items())
         target = (flow.request.scheme, flow.request.host, flow.request.port, flow.request.path)
-        task = self._spawn(self._revalidate(target, headers, state.url, state.route, entry, flow.request.headers))
+        task = self._spawn(self._revalidate(target, headers, state.url, state.route, entry,
+                                                 flow.request.headers.copy()))
         self._refreshing[state.url] = task
         task.add_done_callback(lambda t, url=state.url: self._refreshing.pop(url, None)
                                if self._refreshing.get(url) is t else None)
@@ -414,7 +422,7 @@ class Cache:
             body = self.store.read_body(entry)
             if body is None or not self.store.put(updated, body, entry.body_hash):
                 return None
-            return updated
+            return _Updated(updated, 304)
         if fetched.status >= 500:
             return fetched
         req = fields_of(request_headers)
@@ -422,7 +430,7 @@ class Cache:
                                request_time, response_time, authenticated=self._authenticated(req),
                                req_control=P.request_control(req))
         if new is not None and await self._put(new, fetched.body):
-            return new
+            return _Updated(new, fetched.status)
         return fetched
 
     # --- building and serving responses ---------------------------------------------------------
@@ -491,12 +499,14 @@ class Cache:
             resp.raw_content = b""
             resp.headers["Content-Length"] = str(len(payload))
         resp.headers["Cache-Status"] = P.cache_status(hit=hit, fwd=fwd, fwd_status=fwd_status, ttl=ttl,
-                                                      collapsed=state.collapsed, detail=detail)
+                                                      stored=outcome == "expired", collapsed=state.collapsed,
+                                                      detail=detail)
         flow.response = resp
         state.served, state.outcome = True, outcome
         state.fwd = fwd
         flow.metadata[metadata.CACHE_STATUS] = outcome
-        flow.metadata[metadata.CACHE_BYTES] = len(resp.raw_content or b"")
+        from_cache = outcome in ("hit", "stale", "updating", "revalidated")
+        flow.metadata[metadata.CACHE_BYTES] = len(resp.raw_content or b"") if from_cache else 0
 
     def _answer_504(self, flow: http.HTTPFlow, state: _State) -> None:
         """§5.2.1.7 only-if-cached with nothing usable stored."""

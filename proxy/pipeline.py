@@ -26,6 +26,7 @@ from addons.interim import InterimResponses
 from addons.lifecycle import Lifecycle
 from addons.router import RouteSpec, Router
 from proxy.config import PorticoConfig
+from proxy import guard
 
 
 @dataclass
@@ -97,19 +98,24 @@ def portico_addons(config: PorticoConfig, services: Services) -> list[Any]:
         Forwarded(ForwardedSettings(trusted_proxies=config.trusted_proxies,
                                     max_request_body=config.max_request_body)),
     ]
+    # dns: names are resolved only over DoT/DoH, on both listeners (one resolver, one cache)
+    resolver = guard.build_resolver(config)
     if config.forward is not None:
         addons.append(ForwardGuard(ForwardGuardSettings(
             allowed_clients=config.forward.allowed_clients,
             connect_ports=config.forward.connect_ports,
             allow_private_destinations=config.forward.allow_private_destinations,
+            **({"resolve": resolver.resolve} if resolver is not None else {}),
         )))
     addons.append(Endpoints(EndpointsSettings(reserved_prefix=config.reserved_prefix, version=services.version)))
     addons.append(Router(route_specs(config)))
     cache = cache_addon(config, services) if config.cache.enabled else None
     if cache is not None:
         addons.append(cache)
-    # [moderation] goes here, between the cache lookup and its store stage, so the store
+    # dns guard, moderation, forum moderation, phishing: after the cache lookup (a hit needs
+    # no DNS and was checked before it was stored) and before its store stage, so the store
     # stage sees metadata.DO_NOT_CACHE; tracking goes after the store stage (reads CACHE_STATUS).
+    addons += guard.guard_addons(config, services.store, resolver)
     if cache is not None:
         addons.append(cache.store_stage)
     return addons

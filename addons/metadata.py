@@ -62,3 +62,6 @@ REQUEST_RECORDED = "portico.request_recorded"
 
 ACCESS_LOGGED = "portico.access_logged"
 """bool: the access log has written this flow's line (exactly one per flow)."""
+
+GUARD_CONTINUED = "portico.guard_continued"
+"""bool: the client presented a valid warn-page continue link for this URL and user (moderation/phishing)."""

@@ -268,6 +268,92 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class AccessLogConfig:
+    """The operators' access log (addons/accesslog.py)."""
+
+    format: Literal["off", "common", "combined", "json"] = "off"
+    path: str = "-"  # "-" = stdout, else a file rotated by size
+    max_size: int = field(default=100 * 2**20, metadata={"parse": parse_size})
+    backups: int = 5
+
+
+def _check_goal_event(value: str) -> None:
+    import re
+
+    if value and not re.match(r"^[a-z0-9_.-]{1,64}$", value):
+        raise ValueError("an event name of 1-64 characters a-z 0-9 _ . - like 'enrolment.enrolled'")
+
+
+@dataclass(frozen=True)
+class GoalConfig:
+    """A conversion goal: an event sent from pages (`event`) or a visited path prefix (`path`)."""
+
+    name: str
+    event: str = field(default="", metadata={"check": _check_goal_event})
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.event) == bool(self.path):
+            raise ValueError(f"event, path: set exactly one of them for goal {self.name!r}")
+        if self.path and not self.path.startswith("/"):
+            raise ValueError(f"path: expected a path starting with '/', got {self.path!r}")
+
+
+@dataclass(frozen=True)
+class BeaconConfig:
+    """Limits of the snippet's beacon endpoint."""
+
+    max_bytes: int = field(default=16 * 1024, metadata={"parse": parse_size})
+    max_events: int = 50
+    rate_per_minute: int = 120
+
+
+def _check_prefix(bits: int) -> Any:
+    def check(value: int) -> None:
+        if not 0 <= value <= bits:
+            raise ValueError(f"a prefix length from 0 to {bits} ({bits} keeps full addresses)")
+    return check
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Request/referrer/outreach/client tracking (addons/tracking.py and friends; docs/tracking.md)."""
+
+    enabled: bool = True
+    html_routes: tuple[str, ...] = ("*",)  # route names (labels) whose HTML gets the snippet and link rewriting
+    inject_snippet: bool = True
+    rewrite_outbound: bool = True
+    internal_hosts: tuple[str, ...] = ()  # other hosts of the organisation (internal referrers/links)
+    query_allowlist: tuple[str, ...] = ()  # query parameters kept in stored paths
+    ipv4_prefix: int = field(default=24, metadata={"check": _check_prefix(32)})
+    ipv6_prefix: int = field(default=48, metadata={"check": _check_prefix(128)})
+    pseudonymise_users: bool = False
+    secret_file: Path | None = None
+    secret_env: str | None = None
+    geoip_db: Path | None = None
+    access_log: AccessLogConfig = AccessLogConfig()
+    goals: tuple[GoalConfig, ...] = ()
+    attribution_window: timedelta = timedelta(days=30)
+    secure_cookie: bool = False
+    click_selectors: tuple[str, ...] = ("[data-track]",)
+    respect_dnt: bool = True
+    respect_gpc: bool = True
+    recipients: bool = False  # recipient-level outreach tracking (pseudonyms)
+    machine_window: timedelta = timedelta(seconds=10)
+    session_timeout: timedelta = timedelta(minutes=30)
+    bot_follow_timeout: timedelta = timedelta(seconds=15)
+    count_bots_as_visitors: bool = False
+    beacon: BeaconConfig = BeaconConfig()
+
+    def __post_init__(self) -> None:
+        for i, sel in enumerate(self.click_selectors):
+            if not sel.strip() or any(c in sel for c in "\"<>"):
+                raise ValueError(f"click_selectors[{i}]: expected a CSS selector without quotes or <>, got {sel!r}")
+        if self.secret_file is not None and self.secret_env is not None:
+            raise ValueError("secret_file, secret_env: set one of them, not both")
+
+
+@dataclass(frozen=True)
 class PorticoConfig:
     """The whole validated configuration."""
 
@@ -285,6 +371,7 @@ class PorticoConfig:
     dns: DnsConfig | None = None
     moderation: ModerationConfig | None = None
     phishing: PhishingConfig | None = None
+    tracking: TrackingConfig = TrackingConfig()
     source: Path | None = field(default=None, metadata={"internal": True})
 
     def __post_init__(self) -> None:

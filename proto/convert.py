@@ -225,10 +225,12 @@ def query_from_pb(msg: pb.QueryRequest) -> Any:
         page_token=msg.page_token or None,
     )
     if preset:
-        if msg.types or msg.group_by:
-            raise InvalidRequest("preset", f"{preset!r} sets types and group_by itself; leave them empty")
+        if msg.types:
+            raise InvalidRequest("types", f"the {preset!r} preset chooses the event types itself; leave types empty")
         base = preset_query(preset, start=start, end=end)
-        kwargs.update(types=base.types, group_by=base.group_by, metric=msg.metric or base.metric,
+        # group_by, when given, replaces the preset's grouping (e.g. only by org)
+        kwargs.update(types=base.types, group_by=tuple(msg.group_by) or base.group_by,
+                      metric=msg.metric or base.metric,
                       filters=tuple(base.filters) + kwargs["filters"])
     else:
         kwargs.update(types=tuple(msg.types), group_by=tuple(msg.group_by), metric=msg.metric or "count")

@@ -157,7 +157,9 @@ def parse_users(text: str, source: str) -> dict[str, FileUser]:
         raise UsersFileError(f"{source}: not valid YAML: {e}") from None
     if not isinstance(data, dict) or set(data) - {"users"}:
         raise UsersFileError(f"{source}: expected a mapping with one key 'users'")
-    raw_users = data.get("users") or {}
+    raw_users = data.get("users")
+    if raw_users is None:
+        raw_users = {}
     if not isinstance(raw_users, dict):
         raise UsersFileError(f"{source}: users: expected a mapping of username -> settings")
     users: dict[str, FileUser] = {}

@@ -132,9 +132,10 @@ access to *
 class Slapd:
     """One slapd process with its own config, data and TLS material under `workdir`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, server_names: tuple[str, ...] = ("localhost",),
+                 server_ips: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.workdir = workdir
-        self.ca = make_ca(workdir / "tls", "good")
+        self.ca = make_ca(workdir / "tls", "good", server_names, server_ips)
         self.ldap_port = 0
         self.ldaps_port = 0
         self.process: subprocess.Popen[bytes] | None = None

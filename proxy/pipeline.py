@@ -27,6 +27,7 @@ from addons.lifecycle import Lifecycle
 from addons.router import RouteSpec, Router
 from proxy.config import PorticoConfig
 from proxy import guard
+from proxy import tracking_setup
 
 
 @dataclass
@@ -107,6 +108,10 @@ def portico_addons(config: PorticoConfig, services: Services) -> list[Any]:
             allow_private_destinations=config.forward.allow_private_destinations,
             **({"resolve": resolver.resolve} if resolver is not None else {}),
         )))
+    # tracking endpoints (pixel, click, outbound redirect, snippet JS, beacon) answer under the
+    # reserved prefix, so before Endpoints; tracking and the access log record every flow, last.
+    track_early, track_late = tracking_setup.tracking_addons(config, services.store)
+    addons += track_early
     addons.append(Endpoints(EndpointsSettings(reserved_prefix=config.reserved_prefix, version=services.version)))
     addons.append(Router(route_specs(config)))
     cache = cache_addon(config, services) if config.cache.enabled else None
@@ -118,4 +123,5 @@ def portico_addons(config: PorticoConfig, services: Services) -> list[Any]:
     addons += guard.guard_addons(config, services.store, resolver)
     if cache is not None:
         addons.append(cache.store_stage)
+    addons += track_late
     return addons

@@ -1,0 +1,172 @@
+"""Cookieless visitor ids (daily salts) and sessions (30 minutes idle).
+
+Not an addon: one `Visitors` object is shared by `tracking.py`, `snippet.py` and
+`outreach.py` (built in proxy/tracking_setup.py), so a beacon, a click and the page
+request of the same person carry the same visitor and session ids.
+
+- Visitor id = HMAC(daily salt, site | client address | User-Agent), 16 hex chars. The
+  salt is 32 random bytes made per UTC day and kept in `<dir>/<YYYY-MM-DD>.salt` (mode
+  0600) so several gateway processes agree; today's and yesterday's are kept, older ones
+  are deleted, so yesterday's ids can't be recomputed after tomorrow and an address can't
+  be linked across days. No raw address is ever stored.
+- A session ends after `session_timeout` without a request; one continued across
+  midnight keeps its session id (yesterday's salt finds it).
+- Sessions also remember whether the visitor looked like a browser (fetched something
+  other than HTML, or sent a beacon) and their campaign attribution (server-side
+  fallback when the attribution cookie is refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+_SALT_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})\.salt$")
+
+
+def utc_day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
+
+
+class Salts:
+    """Today's and yesterday's salts, persisted in `directory`; older files deleted."""
+
+    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+        self.directory = Path(directory)
+        self.clock = clock
+        self._day = ""
+        self._today = b""
+        self._yesterday: bytes | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> tuple[bytes, bytes | None]:
+        """(today's salt, yesterday's salt or None); rotates when the UTC day changes."""
+        day = utc_day(self.clock())
+        if day != self._day:
+            with self._lock:
+                if day != self._day:
+                    self._rotate(day)
+        return self._today, self._yesterday
+
+    def _rotate(self, day: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        yday = (datetime.strptime(day, "%Y-%m-%d") - timedelta(days=1)).strftime("%Y-%m-%d")
+        self._today = self._read_or_create(day)
+        self._yesterday = self._read(yday)
+        for entry in self.directory.iterdir():
+            m = _SALT_NAME.match(entry.name)
+            if m and m.group(1) not in (day, yday):
+                entry.unlink(missing_ok=True)  # older salts: ids of those days can't be recomputed
+        self._day = day
+
+    def _read(self, day: str) -> bytes | None:
+        try:
+            text = (self.directory / f"{day}.salt").read_text(encoding="ascii").strip()
+        except OSError:
+            return None
+        return bytes.fromhex(text) if len(text) == 64 else None
+
+    def _read_or_create(self, day: str) -> bytes:
+        path = self.directory / f"{day}.salt"
+        existing = self._read(day)
+        if existing is not None:
+            return existing
+        salt = secrets.token_bytes(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process won the race: use its salt
+            time.sleep(0.01)
+            return self._read(day) or salt
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(salt.hex())
+        return salt
+
+
+def visitor_hash(salt: bytes, site: str, address: str, user_agent: str) -> str:
+    return hmac.new(salt, f"{site}|{address}|{user_agent}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
+@dataclass
+class Session:
+    visitor: str
+    session: str
+    started: float
+    last_seen: float
+    hits: int = 0
+    pageviews: int = 0
+    browser_seen: bool = False  # fetched an asset or sent a beacon: looks like a real browser
+    campaign_first: str = ""
+    campaign_last: str = ""
+    goals_done: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    visitor: str
+    session: str
+    new_session: bool
+    state: Session = field(compare=False)
+
+
+class Visitors:
+    """Visitor ids and in-memory sessions (bounded; the least recently seen go first)."""
+
+    def __init__(self, salts: Salts, session_timeout: float = 1800.0, max_sessions: int = 200_000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.salts = salts
+        self.session_timeout = session_timeout
+        self.max_sessions = max_sessions
+        self.clock = clock
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
+
+    def visitor_id(self, site: str, address: str, user_agent: str) -> str:
+        today, _ = self.salts.current()
+        return visitor_hash(today, site, address, user_agent)
+
+    def visit(self, site: str, address: str, user_agent: str) -> Visit:
+        """The visitor and session for one request; starts a session when none is live."""
+        now = self.clock()
+        today, yesterday = self.salts.current()
+        vid = visitor_hash(today, site, address, user_agent)
+        state = self.sessions.get(vid)
+        if state is None and yesterday is not None:
+            old = self.sessions.pop(visitor_hash(yesterday, site, address, user_agent), None)
+            if old is not None:  # a session running across midnight continues under today's id
+                old.visitor = vid
+                state = old
+        new = state is None or now - state.last_seen > self.session_timeout
+        if new:
+            prev = state
+            state = Session(vid, secrets.token_hex(8), now, now)
+            if prev is not None:  # attribution outlives the session
+                state.campaign_first, state.campaign_last = prev.campaign_first, prev.campaign_last
+        assert state is not None
+        state.last_seen = now
+        state.hits += 1
+        self.sessions[vid] = state
+        self.sessions.move_to_end(vid)
+        while len(self.sessions) > self.max_sessions:
+            self.sessions.popitem(last=False)
+        return Visit(vid, state.session, new, state)
+
+    def expired(self) -> list[Session]:
+        """Remove and return sessions idle for longer than the timeout (oldest first)."""
+        now = self.clock()
+        out = []
+        while self.sessions:
+            vid, state = next(iter(self.sessions.items()))
+            if now - state.last_seen <= self.session_timeout:
+                break
+            del self.sessions[vid]
+            out.append(state)
+        return out

@@ -1,0 +1,329 @@
+"""The event model and its byte encoding (the only module that knows it).
+
+An event is (id, time_us, type, attrs). Attributes are schemaless: strings, integers,
+floats, booleans, lists of scalars and one level of maps of scalars. `make_event`
+validates and normalises once, at the edge, so that the writer thread only packs bytes.
+
+Stored form (LMDB):
+    row key   = time_us (8 bytes, big-endian) + seq (8 bytes, big-endian): byte order is
+                time order, and seq (a store-wide counter) makes keys unique.
+    row value = msgpack array [id, type, attrs].
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import random
+import re
+import struct
+import time as _time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import msgpack
+
+from telemetry.errors import EventError
+
+MAX_ATTRS = 64
+MAX_KEY_LEN = 64
+MAX_STRING_LEN = 2048
+MAX_ITEMS = 100            # list members / map keys
+MAX_EVENT_BYTES = 16_384   # encoded attrs
+MAX_ID_LEN = 128
+MAX_TYPE_LEN = 64
+RESERVED_ATTRS = frozenset({"type", "time", "id", "geo_cell"})
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
+TIME_US_MAX = 253402300799999999   # 9999-12-31T23:59:59.999999Z
+
+KNOWN_TYPES = (
+    "request", "pageview", "click", "outbound", "email_open", "link_click",
+    "user.joined", "user.left", "user.role_changed", "enrolment.enrolled", "enrolment.unenrolled",
+)
+
+_TYPE_RE = re.compile(r"[a-z0-9_][a-z0-9_.\-]{0,63}\Z")
+_ID_RE = re.compile(r"[\x21-\x7e]{1,128}\Z")
+_valid_types: set[str] = set(KNOWN_TYPES)
+_SCALARS = (str, int, float, bool)
+_KEY = struct.Struct(">QQ")
+
+KEY_LEN = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One recorded event. Build with `make_event` (which validates); fields are final."""
+
+    id: str
+    time_us: int
+    type: str
+    attrs: Mapping[str, Any]
+    # msgpack of attrs, computed once by make_event so the writer only concatenates bytes.
+    packed_attrs: bytes | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def time(self) -> datetime:
+        """The timestamp as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.time_us // 1_000_000, timezone.utc).replace(
+            microsecond=self.time_us % 1_000_000)
+
+
+# ---- ids ------------------------------------------------------------------------------
+
+_B32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_CROCKFORD = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_B32_TO_CROCKFORD = bytes.maketrans(_B32, _CROCKFORD)
+_rand = random.Random()
+
+
+def new_id(time_us: int | None = None) -> str:
+    """A 26-character, time-ordered id (48 bits of milliseconds + 80 random bits), like a ULID.
+
+    Lexicographic order of ids follows creation time, which keeps the id index append-mostly.
+    """
+    ms = (time_us // 1000) if time_us is not None else _time.time_ns() // 1_000_000
+    raw = ms.to_bytes(6, "big") + _rand.getrandbits(80).to_bytes(10, "big")
+    # base32 of 16 bytes is 26 symbols + padding; the Crockford alphabet keeps ASCII order.
+    return base64.b32encode(raw)[:26].translate(_B32_TO_CROCKFORD).decode("ascii")
+
+
+# ---- validation -----------------------------------------------------------------------
+
+def _check_type(t: Any) -> str:
+    if t in _valid_types:
+        return t
+    if not isinstance(t, str) or not _TYPE_RE.match(t):
+        raise EventError("type", f"{t!r} is not an event type: use 1-{MAX_TYPE_LEN} characters of "
+                                 "a-z 0-9 _ . - (e.g. 'pageview', 'user.joined')")
+    if len(_valid_types) < 10_000:
+        _valid_types.add(t)
+    return t
+
+
+def _check_scalar(path: str, v: Any) -> Any:
+    t = type(v)
+    if t is str:
+        if len(v) > MAX_STRING_LEN:
+            raise EventError(path, f"string of {len(v)} characters; at most {MAX_STRING_LEN}")
+        return v
+    if t is int:
+        if not INT_MIN <= v <= INT_MAX:
+            raise EventError(path, f"integer {v} does not fit in 64 bits")
+        return v
+    if t is float:
+        if not math.isfinite(v):
+            raise EventError(path, f"{v} is not a finite number")
+        return v
+    if t is bool:
+        return v
+    if isinstance(v, _SCALARS):   # subclasses (IntEnum, str subclasses): store the plain value
+        return _check_scalar(path, (bool if isinstance(v, bool) else int if isinstance(v, int)
+                                    else float if isinstance(v, float) else str)(v))
+    if v is None:
+        raise EventError(path, "null is not a value; leave the attribute out instead")
+    raise EventError(path, f"unsupported value of type {type(v).__name__}: "
+                           "use a string, number, boolean, list of those or a map of those")
+
+
+def _check_key(path: str, k: Any) -> None:
+    if type(k) is not str or not 0 < len(k) <= MAX_KEY_LEN:
+        raise EventError(path, f"attribute names are strings of 1-{MAX_KEY_LEN} characters, got {k!r}")
+    if "." in k:
+        raise EventError(path, f"attribute name {k!r} contains '.', which is reserved for map members "
+                               "(write {\"supplies\": {\"Childcare\": 5}}, queried as supplies.Childcare)")
+
+
+def check_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate attributes; returns a plain dict (the same values, normalised).
+
+    Raises:
+        EventError: naming the attribute path (attrs.NAME, attrs.NAME[i], attrs.NAME.KEY).
+    """
+    if not isinstance(attrs, Mapping):
+        raise EventError("attrs", f"expected a map of attribute names to values, got {type(attrs).__name__}")
+    if len(attrs) > MAX_ATTRS:
+        raise EventError("attrs", f"{len(attrs)} attributes; at most {MAX_ATTRS}")
+    out: dict[str, Any] = {}
+    for k, v in attrs.items():
+        t = type(v)
+        # fast path for the common, already-plain values
+        if t is str and len(v) <= MAX_STRING_LEN and type(k) is str and 0 < len(k) <= MAX_KEY_LEN \
+                and "." not in k and k not in RESERVED_ATTRS:
+            out[k] = v
+            continue
+        path = f"attrs.{k}"
+        _check_key("attrs", k)
+        if k in RESERVED_ATTRS:
+            raise EventError(path, f"{k!r} is reserved (one of {', '.join(sorted(RESERVED_ATTRS))}); "
+                                   "rename the attribute")
+        if t is list or t is tuple:
+            if len(v) > MAX_ITEMS:
+                raise EventError(path, f"list of {len(v)} items; at most {MAX_ITEMS}")
+            out[k] = [_check_scalar(f"{path}[{i}]", x) for i, x in enumerate(v)]
+        elif isinstance(v, Mapping):
+            if len(v) > MAX_ITEMS:
+                raise EventError(path, f"map of {len(v)} keys; at most {MAX_ITEMS}")
+            m: dict[str, Any] = {}
+            for mk, mv in v.items():
+                _check_key(path, mk)
+                if isinstance(mv, (list, tuple, Mapping)):
+                    raise EventError(f"{path}.{mk}", "maps hold scalars only (one level): "
+                                                     "a string, number or boolean")
+                m[mk] = _check_scalar(f"{path}.{mk}", mv)
+            out[k] = m
+        else:
+            out[k] = _check_scalar(path, v)
+    return out
+
+
+def to_time_us(value: datetime | int | float | str | None, field_name: str = "time") -> int:
+    """Microseconds since the epoch (UTC) from a datetime, epoch seconds or RFC 3339 text.
+
+    Raises:
+        EventError: naive datetime, unparsable text, or out of range 1970..9999.
+    """
+    if value is None:
+        return _time.time_ns() // 1000
+    if isinstance(value, bool):
+        raise EventError(field_name, f"expected a timestamp, got {value!r}")
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise EventError(field_name, f"{value.isoformat()} has no time zone; pass an aware datetime "
+                                         "(e.g. datetime.now(timezone.utc))")
+        delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    elif isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise EventError(field_name, f"{value} is not a time")
+        us = int(round(value * 1_000_000))
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise EventError(field_name, f"{value!r} is not an RFC 3339 time "
+                                         "(e.g. 2026-03-01T12:00:00Z) nor epoch seconds") from None
+        if dt.tzinfo is None:
+            raise EventError(field_name, f"{value!r} has no offset; add 'Z' or '+HH:MM'")
+        return to_time_us(dt, field_name)
+    else:
+        raise EventError(field_name, f"expected a datetime, epoch seconds or RFC 3339 text, "
+                                     f"got {type(value).__name__}")
+    if not 0 <= us <= TIME_US_MAX:
+        raise EventError(field_name, f"{value!r} is outside 1970-01-01..9999-12-31")
+    return us
+
+
+def make_event(type: str, attrs: Mapping[str, Any] | None = None, *,  # noqa: A002 - API name
+               id: str | None = None, time: datetime | int | float | str | None = None,  # noqa: A002
+               time_us: int | None = None) -> Event:
+    """Validate and normalise an event.
+
+    Args:
+        type: event type, e.g. "pageview" or "user.joined" ([a-z0-9_.-], <= 64 chars).
+        attrs: schemaless attributes (see module docstring).
+        id: idempotency key (1-128 printable ASCII characters); generated when None.
+        time: datetime (aware), epoch seconds, or RFC 3339 text; now when None.
+        time_us: microseconds since the epoch (instead of `time`).
+
+    Raises:
+        EventError: naming the field (type, id, time, attrs.NAME...).
+    """
+    t = _check_type(type)
+    if time_us is not None:
+        if not isinstance(time_us, int) or isinstance(time_us, bool) or not 0 <= time_us <= TIME_US_MAX:
+            raise EventError("time", f"time_us {time_us!r} is not microseconds within 1970..9999")
+        us = time_us
+    else:
+        us = to_time_us(time)
+    if id is None:
+        id = new_id(us)  # noqa: A001
+    elif type_of(id) is not str or not _ID_RE.match(id):
+        raise EventError("id", f"{id!r} is not an id: use 1-{MAX_ID_LEN} printable ASCII characters "
+                               "without spaces")
+    clean = check_attrs(attrs) if attrs else {}
+    packed = msgpack.packb(clean, use_bin_type=True)
+    if len(packed) > MAX_EVENT_BYTES:
+        biggest = max(clean, key=lambda k: len(msgpack.packb(clean[k])))
+        raise EventError("attrs", f"event of {len(packed)} bytes encoded; at most {MAX_EVENT_BYTES} "
+                                  f"(largest attribute: {biggest!r})")
+    return Event(id, us, t, clean, packed)
+
+
+type_of = type  # `make_event` shadows the builtin with its argument name
+
+
+def event_from_json(obj: Mapping[str, Any]) -> Event:
+    """An event from its JSON form {"id", "time", "type", "attrs"} (time: RFC 3339 or epoch s).
+
+    Raises:
+        EventError: naming the field; unknown top-level keys are refused.
+    """
+    if not isinstance(obj, Mapping):
+        raise EventError("event", f"expected an object with type, attrs, id, time; got {type(obj).__name__}")
+    extra = set(obj) - {"id", "time", "type", "attrs"}
+    if extra:
+        raise EventError(sorted(extra)[0], "unknown field; an event has id, time, type and attrs "
+                                           "(put custom data in attrs)")
+    if "type" not in obj:
+        raise EventError("type", "required (e.g. 'pageview')")
+    return make_event(obj["type"], obj.get("attrs") or {}, id=obj.get("id"), time=obj.get("time"))
+
+
+def event_to_json(ev: Event) -> dict[str, Any]:
+    """The JSON form of an event; time as RFC 3339 with microseconds and 'Z'."""
+    return {"id": ev.id, "time": format_time_us(ev.time_us), "type": ev.type, "attrs": dict(ev.attrs)}
+
+
+def format_time_us(us: int) -> str:
+    """RFC 3339 UTC text with microseconds, e.g. 2026-03-01T12:00:00.000000Z."""
+    dt = datetime.fromtimestamp(us // 1_000_000, timezone.utc).replace(microsecond=us % 1_000_000)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def coerce_event(item: Event | Mapping[str, Any]) -> Event:
+    """An Event as it is, or one built from its JSON-like mapping form."""
+    if type(item) is Event:
+        return item if item.packed_attrs is not None else make_event(
+            item.type, item.attrs, id=item.id, time_us=item.time_us)
+    if isinstance(item, Mapping):
+        return event_from_json(item)
+    raise EventError("event", f"expected an Event or a mapping, got {type(item).__name__}")
+
+
+# ---- bytes ----------------------------------------------------------------------------
+
+def row_key(time_us: int, seq: int) -> bytes:
+    """16-byte row key: big-endian time then sequence number (byte order == time order)."""
+    return _KEY.pack(time_us, seq)
+
+
+def split_key(key: bytes) -> tuple[int, int]:
+    """(time_us, seq) of a row key."""
+    return _KEY.unpack(key)
+
+
+_pack_str = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode_row(ev: Event) -> bytes:
+    """The stored row value of an event: msgpack [id, type, attrs]."""
+    # fixarray(3) header, then the already-packed attrs: no re-encoding in the writer.
+    return b"\x93" + _pack_str(ev.id) + _pack_str(ev.type) + ev.packed_attrs  # type: ignore[operator]
+
+
+def decode_row(key: bytes, value: bytes) -> Event:
+    """The Event stored under `key` with row `value`."""
+    eid, etype, attrs = msgpack.unpackb(value, raw=False, strict_map_key=False)
+    return Event(eid, _KEY.unpack(key)[0], etype, attrs, None)
+
+
+def encode_value(v: Any) -> bytes:
+    """Bytes of a scalar attribute value for the string dictionary (type-preserving)."""
+    return msgpack.packb(v, use_bin_type=True)
+
+
+def decode_value(b: bytes) -> Any:
+    return msgpack.unpackb(b, raw=False)

@@ -137,8 +137,11 @@ def event_from_pb(msg: pb.Event) -> Any:
     """
     from telemetry.events import make_event
 
-    time = timestamp_to_datetime(msg.time) if msg.HasField("time") else None
-    return make_event(msg.type, attrs_to_py(msg.attrs), id=msg.id or None, time=time)
+    attrs = {k: value_to_py(v) for k, v in msg.attrs.items()}
+    if msg.HasField("time"):
+        ts = msg.time
+        return make_event(msg.type, attrs, id=msg.id or None, time_us=ts.seconds * 1_000_000 + ts.nanos // 1000)
+    return make_event(msg.type, attrs, id=msg.id or None)
 
 
 def event_to_pb(event: Any, out: pb.Event) -> pb.Event:

@@ -327,7 +327,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                    required=True, help="a step (repeat in order)")
     f.add_argument("--within", required=True, metavar="DURATION", help="e.g. 30m, 1d, 7d")
     f.add_argument("--by", default="user", metavar="ATTR", help="attribute identifying the actor")
-    _selection_args(f)
+    f.add_argument("--from", dest="start", default="-7d", metavar="T", help="start (default -7d)")
+    f.add_argument("--to", dest="end", default="now", metavar="T", help="end, exclusive (default now)")
     _connection_args(f)
     f.set_defaults(func=cmd_funnel)
 
@@ -431,12 +432,14 @@ def build_funnel(args: argparse.Namespace, by: str) -> pb.FunnelRequest:
         raise CliError("--step: give at least one step (repeat --step TYPE[,FILTER] in order)", 2)
     if not args.within:
         raise CliError("--within: required for a funnel (e.g. 1d)", 2)
-    msg = pb.FunnelRequest(by=by)
-    _fill_selection(msg, args)
-    if msg.types:
+    if getattr(args, "types", None):
         raise CliError("--type: not used by funnels; use --step TYPE", 2)
-    if msg.filters or msg.HasField("geo"):
+    if getattr(args, "filters", None) or getattr(args, "near", None) or getattr(args, "bbox", None):
         raise CliError("--filter/--near/--bbox: put funnel filters on each step: --step TYPE,FILTER", 2)
+    msg = pb.FunnelRequest(by=by)
+    start, end = _time_range(args)
+    set_timestamp(msg.start, start)
+    set_timestamp(msg.end, end)
     msg.steps.extend(_usage(lambda: [parse_step(s) for s in args.steps]))
     msg.within.FromTimedelta(_usage(lambda: parse_duration(args.within)))
     return msg

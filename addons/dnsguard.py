@@ -32,7 +32,7 @@ from mitmproxy.proxy import server_hooks
 from addons import metadata
 from addons.dns_resolver import DnsResolutionError, EncryptedResolver, is_ip_literal
 from addons.pages import error_response, wants_json
-from addons.verdicts import record
+from addons.verdicts import destination_host, is_forward_connect, record
 
 log = logging.getLogger("portico.dnsguard")
 
@@ -142,7 +142,7 @@ class DnsGuard:
     # --- forward path ------------------------------------------------------------------------
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.metadata.get(metadata.LISTENER) != "forward":
+        if flow.response or not is_forward_connect(flow):
             return
         try:
             self._forward(flow, connect=True)
@@ -153,7 +153,7 @@ class DnsGuard:
                                            flow.metadata.get(metadata.REQUEST_ID))
 
     def _forward(self, flow: http.HTTPFlow, *, connect: bool) -> None:
-        host = flow.metadata.get(metadata.ORIGINAL_HOST) or flow.request.host
+        host = destination_host(flow)
         resolution = self.settings.resolver.last(host)
         if resolution is not None:
             flow.metadata[metadata.DNS_RESOLUTION] = resolution.how

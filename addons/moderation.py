@@ -28,7 +28,8 @@ from addons import metadata
 from addons.lists import ReloadingCategory
 from addons.pages import error_response
 from addons.textscore import PhraseScorer, Score, decode_body, normalise, visible_text
-from addons.verdicts import ContinueSigner, client_url, consume_continue, page, record, split_continue, with_continue
+from addons.verdicts import (ContinueSigner, client_url, consume_continue, destination_host, is_forward_connect,
+                             page, record, split_continue, with_continue)
 
 log = logging.getLogger("portico.moderation")
 
@@ -159,10 +160,10 @@ class Moderation:
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         """HTTPS tunnels of the forward proxy: only the host is visible, so domain lists apply."""
-        if flow.response or flow.metadata.get(metadata.LISTENER) != "forward":
+        if flow.response or not is_forward_connect(flow):
             return
         try:
-            host = flow.metadata.get(metadata.ORIGINAL_HOST) or flow.request.host
+            host = destination_host(flow)
             verdict = match_request(self.settings.categories, host, f"https://{host}/")
             if verdict is not None:
                 if verdict.action == "warn":  # a tunnel can't show a page: warn refuses it

@@ -28,7 +28,8 @@ from addons.homograph import Finding, ProtectedDomains
 from addons.lists import domain_match
 from addons.pages import error_response
 from addons.textscore import decode_body
-from addons.verdicts import ContinueSigner, client_url, consume_continue, page, record, split_continue, with_continue
+from addons.verdicts import (ContinueSigner, client_url, consume_continue, destination_host, is_forward_connect,
+                             page, record, split_continue, with_continue)
 
 log = logging.getLogger("portico.phishing")
 
@@ -111,7 +112,7 @@ class Phishing:
                                  request_id, continue_url=link)
 
     def _destination(self, flow: http.HTTPFlow, *, connect: bool) -> None:
-        host = flow.metadata.get(metadata.ORIGINAL_HOST) or flow.request.host
+        host = destination_host(flow)
         try:
             finding = check_host(self.settings, host)
             if finding is not None:
@@ -120,7 +121,7 @@ class Phishing:
             self._fail(flow, e)
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.metadata.get(metadata.LISTENER) != "forward":
+        if flow.response or not is_forward_connect(flow):
             return
         self._destination(flow, connect=True)
 

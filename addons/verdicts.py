@@ -93,9 +93,27 @@ def split_continue(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=urlencode(rest))), token
 
 
+def is_forward_connect(flow: http.HTTPFlow) -> bool:
+    """A CONNECT on the forward listener (mitmproxy runs no `requestheaders` hook for CONNECT,
+    so LISTENER/ORIGINAL_HOST are not set on these flows)."""
+    from mitmproxy.proxy.mode_specs import RegularMode
+
+    return isinstance(flow.client_conn.proxy_mode, RegularMode)
+
+
+def destination_host(flow: http.HTTPFlow) -> str:
+    """The host name the client asked for, also on a CONNECT the forward guard already pinned
+    to an address (it keeps the name in UPSTREAM as `host:port`)."""
+    if host := flow.metadata.get(metadata.ORIGINAL_HOST):
+        return str(host)
+    if upstream := flow.metadata.get(metadata.UPSTREAM):
+        return str(upstream).rsplit(":", 1)[0].strip("[]").lower()
+    return flow.request.host.lower()
+
+
 def client_url(flow: http.HTTPFlow) -> str:
     """The URL as the client asked for it (before routing rewrote scheme, host and path)."""
-    host = flow.metadata.get(metadata.ORIGINAL_HOST) or flow.request.host
+    host = destination_host(flow)
     path = flow.metadata.get(metadata.ORIGINAL_PATH) or flow.request.path
     if flow.metadata.get(metadata.LISTENER) == "forward":
         scheme = flow.request.scheme

@@ -231,8 +231,9 @@ def query_from_pb(msg: pb.QueryRequest) -> Any:
         if msg.types:
             raise InvalidRequest("types", f"the {preset!r} preset chooses the event types itself; leave types empty")
         base = preset_query(preset, start=start, end=end)
-        # group_by, when given, replaces the preset's grouping (e.g. only by org)
-        kwargs.update(types=base.types, group_by=tuple(msg.group_by) or base.group_by,
+        # group_by adds to the preset's grouping ("type"): e.g. by type and org
+        group_by = tuple(dict.fromkeys((*base.group_by, *msg.group_by)))
+        kwargs.update(types=base.types, group_by=group_by,
                       metric=msg.metric or base.metric,
                       filters=tuple(base.filters) + kwargs["filters"])
     else:

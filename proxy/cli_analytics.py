@@ -276,6 +276,11 @@ def _query_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--by", dest="group_by", action="append", default=[], metavar="ATTR",
                    help="group by attribute (repeatable; geo_cell groups by location)")
     g.add_argument("--order", default=None, choices=("time", "value_desc", "value_asc"))
+    pre = p.add_argument_group("preset filters (exact matches; same as --filter)")
+    pre.add_argument("--org", help="attr org equals this")
+    pre.add_argument("--project", help="attr project equals this")
+    pre.add_argument("--supply", help="the map attr supplies has this key (enrolments)")
+    pre.add_argument("--need", help="the list attr needs contains this (enrolments)")
 
 
 def _paging_args(p: argparse.ArgumentParser) -> None:
@@ -407,6 +412,13 @@ def build_query(args: argparse.Namespace) -> pb.QueryRequest:
             ZoneInfo(args.tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise CliError(f"--tz {args.tz!r}: not a known IANA time zone (e.g. Europe/Berlin, UTC)", 2) from None
+    # exact conditions, not expressions: values may contain commas or operators
+    for attr, op, value in (("org", "eq", args.org), ("project", "eq", args.project),
+                            ("needs", "eq", args.need)):
+        if value:
+            msg.filters.add(condition=pb.Condition(attr=attr, op=op, value=pb.Value(string_value=value)))
+    if args.supply:
+        msg.filters.add(condition=pb.Condition(attr=f"supplies.{args.supply}", op="exists"))
     msg.preset = args.preset or ""
     msg.metric = args.metric or ""
     msg.interval = args.interval

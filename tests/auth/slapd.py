@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import shutil
 import signal
 import socket
@@ -270,3 +269,30 @@ GROUP_MEMBERS = {
     # nested: everyone in `developers` is in `staff` through the group entry
     "staff": [group_dn("developers"), user_dn("dave")],
 }
+
+
+def main() -> None:
+    """Run a seeded test slapd until interrupted (for demos and bench/auth.py).
+
+    Prints one line per fact the caller needs: URLs, base DN, service DN/password, CA file.
+    """
+    import sys
+    import tempfile
+
+    workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="portico-slapd-"))
+    server = Slapd(workdir).start()
+    # block the signals (after slapd started: children inherit the mask) so sigwait gets
+    # them and slapd is always stopped
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    server.seed()
+    print(f"ldap_url={server.ldap_url}\nldaps_url={server.ldaps_url}\nbase_dn={SUFFIX}\n"
+          f"bind_dn={SERVICE_DN}\nbind_password={SERVICE_PW}\nca_file={server.ca.ca_file}\n"
+          f"users={', '.join(f'{u}/{p}' for u, _, p, _ in USERS)}", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

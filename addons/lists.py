@@ -47,7 +47,9 @@ def parse_domain_line(line: str) -> list[str]:
         names = [body]
     else:
         parts = line.split()
-        names = parts[1:] if len(parts) > 1 and parts[0] in _HOSTS_ADDRESSES else parts[:1]
+        if len(parts) > 1 and parts[0] not in _HOSTS_ADDRESSES:
+            return []  # neither a plain domain nor a hosts-file line
+        names = parts[1:] if len(parts) > 1 else parts
     out = []
     for name in names:
         name = name.strip().lower().rstrip(".")
@@ -59,7 +61,7 @@ def parse_domain_line(line: str) -> list[str]:
             name = name.encode("idna").decode("ascii") if not name.isascii() else name
         except UnicodeError:
             continue
-        if _DOMAIN_RE.match(name):
+        if "." in name and _DOMAIN_RE.match(name):
             out.append(name)
     return out
 

@@ -146,7 +146,8 @@ class Moderation:
         record(self.store, _EVENT[verdict.action], {
             "category": verdict.category, "action": verdict.action, "reason": verdict.reason, "stage": stage,
             "score": verdict.score, "url": url.split("?", 1)[0], "route": flow.metadata.get(metadata.ROUTE),
-            "user": flow.metadata.get(metadata.USER), "request_id": request_id})
+            "user": flow.metadata.get(metadata.USER), "request_id": request_id,
+            "continued": bool(flow.metadata.get(metadata.GUARD_CONTINUED)) if verdict.action == "warn" else None})
         log.info("request %s: %s (%s) %s", request_id, verdict.category, verdict.action, verdict.reason)
         if verdict.action == "block":
             flow.metadata[metadata.BLOCKED_BY] = f"moderation:{verdict.category}"

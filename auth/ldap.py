@@ -107,6 +107,7 @@ class LdapSettings:
     def __post_init__(self) -> None:
         if isinstance(self.urls, str):
             object.__setattr__(self, "urls", (self.urls,))
+        object.__setattr__(self, "urls", tuple(self.urls))
         if not self.urls:
             raise ValueError("urls: give at least one URL like 'ldaps://ldap.example.org'")
         for i, url in enumerate(self.urls):

@@ -87,7 +87,8 @@ class DemoModule:
                     "<li><a href='/forum'>Forum</a> (posts are moderated)</li>"
                     "<li><a href='/members/'>Members area</a></li>"
                     "<li><a href='https://example.org/partners'>Our partners</a> (an external link)</li>"
-                    "<li><a href='https://www.wikipedia.org/'>Wikipedia</a></li></ul>")
+                    "<li><a href='https://www.wikipedia.org/'>Wikipedia</a></li></ul>"
+                    "<p><button type=button data-track=newsletter>Get our newsletter</button></p>")
             self._html(req, method, "Home", body, "public, max-age=10")
         elif path == "/about" and method != "POST":
             self._html(req, method, "About", f"<p>Demo org helps people find childcare and legal help.</p>"

@@ -1,0 +1,213 @@
+"""The analytics API's cost: Record throughput and Query latency, over gRPC versus in-process.
+
+1. Record: N events in batches of 1,000 sent to a gRPC server in another process (so client
+   and server don't share a GIL, as with the CLI or another service), sequentially and with
+   a few calls in flight; then the same batches through `Store.record` in-process (baseline).
+   Target: >= 100,000 events/s end to end.
+2. Query: the same queries over gRPC and in-process on the same data; median latency of each
+   and the difference. Target: overhead <= 2 ms per call.
+
+Usage: .venv/bin/python bench/grpc.py [--events 200000] [--repeat 30] [--inflight 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+
+from proto.convert import set_timestamp  # noqa: E402
+from proto.portico.v1 import analytics_pb2 as pb  # noqa: E402
+from proto.portico.v1 import analytics_pb2_grpc as pb_grpc  # noqa: E402
+
+START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+DAYS = 7
+BATCH = 1000
+ORGS = ("acme", "globex", "initech", "umbrella", "hooli")
+PATHS = tuple(f"/page/{i}" for i in range(200))
+
+
+def make_events(n: int) -> list[dict[str, Any]]:
+    """Request-like events spread over DAYS days (deterministic)."""
+    import random
+
+    rng = random.Random(1)
+    span = DAYS * 86400 * 1_000_000
+    out = []
+    for i in range(n):
+        t = START.timestamp() * 1_000_000 + rng.randrange(span)
+        out.append({"id": f"b{i:09d}", "time_us": int(t), "type": "request" if i % 5 else "user.joined",
+                     "attrs": {"org": rng.choice(ORGS), "project": "p" + str(rng.randrange(4)),
+                               "path": rng.choice(PATHS), "status": rng.choice((200, 200, 200, 404, 500)),
+                               "user": f"u{rng.randrange(5000)}", "ms": rng.randrange(1, 400)}})
+    return out
+
+
+def to_request(batch: list[dict[str, Any]]) -> pb.RecordRequest:
+    req = pb.RecordRequest()
+    for e in batch:
+        ev = req.events.add(id=e["id"], type=e["type"])
+        ev.time.seconds, rem = divmod(e["time_us"], 1_000_000)
+        ev.time.nanos = rem * 1000
+        for k, v in e["attrs"].items():
+            if isinstance(v, int):
+                ev.attrs[k].int_value = v
+            else:
+                ev.attrs[k].string_value = v
+    return req
+
+
+def queries() -> dict[str, pb.QueryRequest]:
+    """The benchmark's questions, as gRPC requests (converted to telemetry Query in-process)."""
+    def q(**kw: Any) -> pb.QueryRequest:
+        r = pb.QueryRequest(**kw)
+        set_timestamp(r.start, START)
+        set_timestamp(r.end, START + timedelta(days=DAYS))
+        return r
+
+    return {
+        "count per hour, 7 days": q(interval="hour"),
+        "top 20 paths, 7 days": q(interval="none", group_by=["path"], order="value_desc", page_size=20),
+        "distinct users per day": q(interval="day", metric="users"),
+        "5xx per day by org": q(interval="day", group_by=["org"], filters=[pb.Filter(expr="status>=500")]),
+        "users preset by org": q(preset="users", interval="day", group_by=["org"]),
+    }
+
+
+# ---- server process -------------------------------------------------------------------------
+
+def serve(path: str) -> None:
+    """Child process: open the store, serve gRPC on 127.0.0.1:0, print the port, run until stdin closes."""
+    import asyncio
+
+    from proto.server import GrpcSettings, create_server
+    from telemetry.store import Store, StoreSettings
+
+    store = Store.open(StoreSettings(path=Path(path)))
+
+    async def main() -> None:
+        server, port, _ = create_server(GrpcSettings(listen="127.0.0.1:0"), store)
+        await server.start()
+        print(port, flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+        await server.stop(1)
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+
+
+def median_ms(fn: Any, repeat: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--inflight", type=int, default=4)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+
+    from telemetry.events import make_event
+    from telemetry.store import Store, StoreSettings
+
+    events = make_events(args.events)
+    batches = [events[i:i + BATCH] for i in range(0, len(events), BATCH)]
+    t0 = time.perf_counter()
+    requests = [to_request(b) for b in batches]
+    build_s = time.perf_counter() - t0
+    half = len(requests) // 2
+    tmp = Path(tempfile.mkdtemp(prefix="portico-bench-grpc-"))
+    store_a = tmp / "grpc"
+    child = subprocess.Popen([sys.executable, __file__, "--serve", str(store_a)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    port = int(child.stdout.readline())  # type: ignore[union-attr]
+    print(f"events: {args.events:,} in batches of {BATCH}; server pid {child.pid} on 127.0.0.1:{port}")
+    print(f"client: building protobuf batches {args.events / build_s:,.0f} events/s (not in the figures below)")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+            stub = pb_grpc.AnalyticsStub(ch)
+            t0 = time.perf_counter()
+            accepted = sum(stub.Record(r, timeout=60).accepted for r in requests[:half])
+            seq_s = time.perf_counter() - t0
+            seq_n = sum(len(r.events) for r in requests[:half])
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(args.inflight) as pool:
+                accepted += sum(r.accepted for r in pool.map(lambda r: stub.Record(r, timeout=60), requests[half:]))
+            par_s = time.perf_counter() - t0
+            par_n = args.events - seq_n
+            assert accepted == args.events, f"accepted {accepted} of {args.events}"
+            grpc_latency = {name: median_ms(lambda r=r: stub.Query(r, timeout=60), args.repeat)
+                            for name, r in queries().items()}
+    finally:
+        child.stdin.close()  # type: ignore[union-attr]
+        child.wait(timeout=30)
+
+    # in-process: the same queries on the same store, then the same batches into a fresh store
+    from proto.convert import query_from_pb
+
+    store = Store.open(StoreSettings(path=store_a))
+    try:
+        store.flush(timeout=60)
+        local_latency = {name: median_ms(lambda q=query_from_pb(r): store.query(q), args.repeat)
+                         for name, r in queries().items()}
+    finally:
+        store.close()
+    store = Store.open(StoreSettings(path=tmp / "local"))
+    try:
+        prepared = [[make_event(e["type"], e["attrs"], id=e["id"], time_us=e["time_us"]) for e in b]
+                    for b in batches]
+        t0 = time.perf_counter()
+        for b in prepared:
+            store.record(b)
+        local_s = time.perf_counter() - t0
+    finally:
+        store.close()
+
+    seq_rate, par_rate, local_rate = seq_n / seq_s, par_n / par_s, args.events / local_s
+    print("\nRecord (durable before the answer)")
+    print(f"  gRPC, 1 call in flight     {seq_rate:>10,.0f} events/s")
+    print(f"  gRPC, {args.inflight} calls in flight    {par_rate:>10,.0f} events/s")
+    print(f"  in-process Store.record    {local_rate:>10,.0f} events/s (Events prebuilt)")
+    best = max(seq_rate, par_rate)
+    print(f"  gRPC / in-process          {best / local_rate:>10.2f}   target >= 100,000 events/s: "
+          f"{'met' if best >= 100_000 else 'NOT met'}")
+    print("\nQuery median latency (ms)         gRPC   in-process   overhead")
+    worst = 0.0
+    for name in grpc_latency:
+        g, local = grpc_latency[name], local_latency[name]
+        worst = max(worst, g - local)
+        print(f"  {name:<28} {g:>8.2f}   {local:>10.2f}   {g - local:>8.2f}")
+    print(f"  worst overhead {worst:.2f} ms; target <= 2 ms: {'met' if worst <= 2 else 'NOT met'}")
+    print(json.dumps({"record_grpc_seq": round(seq_rate), "record_grpc_parallel": round(par_rate),
+                      "record_inprocess": round(local_rate), "query_overhead_ms_max": round(worst, 3)}))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -111,6 +111,12 @@ class TtlCache(Generic[V]):
             return None
         return hit.value
 
+    def peek(self, key: Hashable) -> V | None:
+        """The value whatever its age (None if absent): for comparing before a refresh."""
+        with self._lock:
+            hit = self._entries.get(key)
+        return hit.value if hit else None
+
     def put(self, key: Hashable, value: V) -> None:
         with self._lock:
             self._entries[key] = Cached(value, self._clock())

@@ -398,9 +398,7 @@ class LdapDirectory:
 
     def groups_cached(self, username: str) -> Identity | None:
         """The cached identity of `username` regardless of age (for refresh comparisons)."""
-        with self.groups._lock:  # noqa: SLF001 - same package
-            hit = self.groups._entries.get(username)  # noqa: SLF001
-        return hit.value if hit else None
+        return self.groups.peek(username)
 
     def check(self) -> None:
         """Health check: open and bind a service connection, run a base search.

@@ -1,0 +1,96 @@
+"""A real gateway with telemetry on, an HTML upstream, and helpers to read its store."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import brotli
+
+from telemetry.query import ListQuery
+
+PAGE = ("<!doctype html><html><head><title>{title}</title></head><body><h1>{title}</h1>"
+        "<a href='https://example.net/partner?id=7'>partner</a> <a href=\"/about\">about</a>"
+        "<button data-track=signup>Sign up</button></body></html>")
+
+
+class HtmlUpstream:
+    """Serves HTML plain, gzip- and br-encoded, with a CSP nonce, and JSON."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                headers = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
+                body = PAGE.format(title=path).encode()
+                if path == "/gz":
+                    body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+                elif path == "/br":
+                    body, headers["Content-Encoding"] = brotli.compress(body), "br"
+                elif path == "/csp":
+                    headers["Content-Security-Policy"] = "script-src 'nonce-n0nc3' 'strict-dynamic'; object-src 'none'"
+                elif path == "/json":
+                    body = json.dumps({"link": "<a href='https://example.net/x'>x</a>"}).encode()
+                    headers["Content-Type"] = "application/json"
+                elif path == "/style.css":
+                    body, headers["Content-Type"] = b"body{}", "text/css"
+                self.send_response(200)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def gateway_config(upstream_url: str, data_dir: str, extra: str = "") -> str:
+    return f"""
+listen: 127.0.0.1:0
+grpc: {{listen: 127.0.0.1:0}}
+cache: {{enabled: false}}
+telemetry: {{path: {json.dumps(data_dir)}, sync: false}}
+routes:
+  - name: site
+    match: {{host: "*", path_prefix: /}}
+    upstream: {upstream_url}
+tracking:
+  recipients: true
+  goals: [{{name: enrolled, path: /enrol/done}}, {{name: signup, event: newsletter.signup}}]
+  bot_follow_timeout: 1s
+  beacon: {{max_bytes: 4KB, max_events: 10, rate_per_minute: 30}}
+{extra}
+"""
+
+
+def events(store: Any, *types: str, wait_for: int = 0, timeout: float = 10.0) -> list[Any]:
+    """Events of `types` in the store (waits until at least `wait_for` are there)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        store.flush(timeout=5)
+        now = datetime.now(timezone.utc)
+        page = store.list_events(ListQuery(start=now - timedelta(hours=1), end=now + timedelta(hours=1),
+                                           types=tuple(types), limit=1000))
+        if len(page.events) >= wait_for or time.monotonic() > deadline:
+            return page.events
+        time.sleep(0.1)

@@ -78,8 +78,8 @@ def test_bad_config_names_key_value_and_allowed(text, message):
 
 def test_error_message_starts_with_file_name(tmp_path):
     path = tmp_path / "portico.yaml"
-    path.write_text("cache: {}\n")
-    with pytest.raises(ConfigError, match=r"portico\.yaml: cache: unknown key"):
+    path.write_text("cashe: {}\n")
+    with pytest.raises(ConfigError, match=r"portico\.yaml: cashe: unknown key"):
         load_config(path)
 
 

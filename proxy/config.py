@@ -353,6 +353,39 @@ class TrackingConfig:
             raise ValueError("secret_file, secret_env: set one of them, not both")
 
 
+def _check_time_zone(value: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("an IANA time zone like 'UTC', 'Europe/Berlin' or 'Asia/Kathmandu'") from None
+
+
+def _check_dashboard_range(value: str) -> None:
+    import re
+
+    if not re.fullmatch(r"-\d+[hdw]", value):
+        raise ValueError("a relative start like '-24h', '-7d' or '-4w'")
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """The analytics dashboard under `<reserved_prefix>dashboard/` (addons/dashboard.py; docs/dashboard.md)."""
+
+    enabled: bool = True
+    admin_groups: tuple[str, ...] = ("admins",)  # users in any of these groups may open it
+    default_tz: str = field(default="UTC", metadata={"check": _check_time_zone})
+    default_range: str = field(default="-7d", metadata={"check": _check_dashboard_range})
+    max_csv_rows: int = 100_000  # a dashboard CSV beyond this asks the user for `portico export`
+
+    def __post_init__(self) -> None:
+        if not self.admin_groups or any(not g.strip() for g in self.admin_groups):
+            raise ValueError(f"admin_groups: expected one or more group names, got {list(self.admin_groups)!r}")
+        if not 1 <= self.max_csv_rows <= 10_000_000:
+            raise ValueError(f"max_csv_rows: expected 1..10000000, got {self.max_csv_rows!r}")
+
+
 @dataclass(frozen=True)
 class PorticoConfig:
     """The whole validated configuration."""
@@ -372,6 +405,7 @@ class PorticoConfig:
     moderation: ModerationConfig | None = None
     phishing: PhishingConfig | None = None
     tracking: TrackingConfig = TrackingConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     source: Path | None = field(default=None, metadata={"internal": True})
 
     def __post_init__(self) -> None:

@@ -41,8 +41,7 @@ def test_do_not_cache_metadata_is_honoured(rig):
             if flow.request.path.startswith("/flagged"):
                 flow.metadata[metadata.DO_NOT_CACHE] = "moderation:test"
 
-    rig.gateway.master = rig.gateway.gateway.master
-    rig.gateway.master.addons.add(Flagger())
+    rig.gateway.gateway.master.addons.add(Flagger())
     rig.upstream.script["/flagged"] = (200, {"Cache-Control": "max-age=60"}, b"bad")
     rig.get("/flagged")
     _, h, _ = rig.get("/flagged")

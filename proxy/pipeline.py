@@ -18,6 +18,7 @@ from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconf
 
 from addons.cache import Cache, CacheSettings, RouteCacheSettings
 from addons.cache_store import CacheStore, CacheStoreSettings
+from addons.dashboard import Dashboard, DashboardSettings
 from addons.endpoints import Endpoints, EndpointsSettings
 from addons.errorpage import ErrorPage
 from addons.forwarded import Forwarded, ForwardedSettings
@@ -112,6 +113,11 @@ def portico_addons(config: PorticoConfig, services: Services) -> list[Any]:
     # reserved prefix, so before Endpoints; tracking and the access log record every flow, last.
     track_early, track_late = tracking_setup.tracking_addons(config, services.store)
     addons += track_early
+    if config.dashboard.enabled:  # after auth/acl (reads USER/GROUPS), before Endpoints closes the prefix
+        d = config.dashboard
+        addons.append(Dashboard(DashboardSettings(
+            reserved_prefix=config.reserved_prefix, admin_groups=d.admin_groups, default_tz=d.default_tz,
+            default_range=d.default_range, max_csv_rows=d.max_csv_rows), services.store))
     addons.append(Endpoints(EndpointsSettings(reserved_prefix=config.reserved_prefix, version=services.version)))
     addons.append(Router(route_specs(config)))
     cache = cache_addon(config, services) if config.cache.enabled else None

@@ -78,7 +78,8 @@ def check_listen_policy(settings: GrpcSettings) -> None:
         )
 
 
-def create_server(settings: GrpcSettings, store: Any = None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+def create_server(settings: GrpcSettings, store: Any = None,
+                  cache_store: Any = None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build the server and bind its port; returns (server, bound port, health servicer).
 
     `store` is an open `telemetry.store.Store`; None serves UNAVAILABLE ("telemetry is
@@ -105,9 +106,14 @@ def create_server(settings: GrpcSettings, store: Any = None) -> tuple[grpc.aio.S
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
     )
     analytics_pb2_grpc.add_AnalyticsServicer_to_server(AnalyticsServicer(store), server)
+    from proto.cache_service import add_cache_service
+
+    add_cache_service(server, cache_store)  # CacheAdmin: purge/stats (admin token when tokens are on)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_names = [ANALYTICS_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    from proto.cache_service import SERVICE_NAME as CACHE_SERVICE
+
+    service_names = [ANALYTICS_SERVICE, CACHE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                      reflection.SERVICE_NAME]
     reflection.enable_server_reflection(service_names, server)
     try:

@@ -69,6 +69,7 @@ class Gateway:
     grpc_server: Any = None
     grpc_port: int | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    services: Any = None
     _master_task: asyncio.Task[None] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _stopped: bool = False
@@ -107,6 +108,7 @@ class Gateway:
         master.addons.add(*pipeline.engine_addons())
         services = pipeline.Services(lifecycle=self.lifecycle, store=self.store, version=VERSION)
         master.addons.add(*pipeline.portico_addons(self.config, services))
+        self.services = services
         self.master = master
         started = asyncio.get_running_loop().create_future()
 
@@ -134,7 +136,8 @@ class Gateway:
 
         settings = grpc_settings(self.config)
         try:
-            server, port, health_servicer = grpc_server_module.create_server(settings, self.store)
+            cache_store = self.services.cache_store if self.services is not None else None
+            server, port, health_servicer = grpc_server_module.create_server(settings, self.store, cache_store)
         except RuntimeError as e:
             raise StartupError(str(e)) from None
         await server.start()

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
+from auth.access import AccessControl
+from auth.ldap import LdapSettings
 from proxy.schema import ConfigError, build, parse_hostport, parse_http_url, parse_size
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -386,6 +388,119 @@ class DashboardConfig:
             raise ValueError(f"max_csv_rows: expected 1..10000000, got {self.max_csv_rows!r}")
 
 
+def _check_header_name(value: str) -> None:
+    import re
+
+    if not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$", value):
+        raise ValueError("an HTTP header name like 'Remote-User'")
+
+
+def _check_cookie_name(value: str) -> None:
+    import re
+
+    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", value):
+        raise ValueError("a cookie name of 1-64 characters A-Z a-z 0-9 _ . -")
+
+
+@dataclass(frozen=True)
+class AuthSessionConfig:
+    """The signed session cookie (auth.sessions). Keys: `secret_file`/`secret_env` (one key per
+    line / whitespace-separated, newest first), else generated in `<telemetry.path>/session.key`."""
+
+    secret_file: Path | None = None
+    secret_env: str | None = None
+    cookie_name: str = field(default="portico_session", metadata={"check": _check_cookie_name})
+    absolute_lifetime: timedelta = timedelta(hours=12)
+    inactivity_timeout: timedelta = timedelta(hours=1)
+    refresh_after: timedelta = timedelta(seconds=60)
+
+    def __post_init__(self) -> None:
+        if self.secret_file is not None and self.secret_env is not None:
+            raise ValueError("secret_file, secret_env: set one of them, not both")
+        if self.absolute_lifetime.total_seconds() <= 0 or self.inactivity_timeout.total_seconds() <= 0:
+            raise ValueError("absolute_lifetime, inactivity_timeout: expected positive durations")
+        if self.refresh_after >= self.inactivity_timeout:
+            raise ValueError(f"refresh_after: expected less than inactivity_timeout "
+                             f"({self.inactivity_timeout}), got {self.refresh_after}")
+
+
+@dataclass(frozen=True)
+class AuthHeadersConfig:
+    """Names of the identity headers the upstream receives."""
+
+    user: str = field(default="Remote-User", metadata={"check": _check_header_name})
+    groups: str = field(default="Remote-Groups", metadata={"check": _check_header_name})
+    email: str = field(default="Remote-Email", metadata={"check": _check_header_name})
+    name: str = field(default="Remote-Name", metadata={"check": _check_header_name})
+
+
+@dataclass(frozen=True)
+class RegulationConfig:
+    """Brute-force regulation (auth.throttle.RegulationSettings); `max_retries: 0` turns it off."""
+
+    max_retries: int = 3
+    address_max_retries: int = 20
+    find_time: timedelta = timedelta(minutes=2)
+    ban_time: timedelta = timedelta(minutes=5)
+    ipv6_prefix: int = 64
+
+
+@dataclass(frozen=True)
+class AccountGroupConfig:
+    """An explicit group -> org/project/role row."""
+
+    org: str
+    project: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class AccountsConfig:
+    """Groups -> org/project/role for user.joined/role_changed/left events (addons/accounts.py)."""
+
+    group_pattern: str | None = None  # e.g. '^(?P<org>[a-z0-9]+)-(?P<role>admins|members)$'
+    groups: dict[str, AccountGroupConfig] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)  # e.g. {admins: admin, members: member}
+    default_project: str = "default"
+    default_role: str = "member"
+    check_interval: timedelta = timedelta(hours=1)  # how often known users are looked up (user.left); 0: off
+
+    def __post_init__(self) -> None:
+        if self.group_pattern is not None:
+            import re
+
+            try:
+                compiled = re.compile(self.group_pattern)
+            except re.error as e:
+                raise ValueError(f"group_pattern: invalid regular expression {self.group_pattern!r}: {e}") from None
+            if "org" not in compiled.groupindex:
+                raise ValueError(f"group_pattern: {self.group_pattern!r} needs a named group (?P<org>...)")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Authentication (addons/auth.py; docs/auth.md): a directory or a users file, sessions,
+    identity headers, regulation and account events."""
+
+    backend: Literal["ldap", "file"]
+    ldap: LdapSettings | None = None
+    users_file: Path | None = None
+    session: AuthSessionConfig = AuthSessionConfig()
+    headers: AuthHeadersConfig = AuthHeadersConfig()
+    regulation: RegulationConfig = RegulationConfig()
+    accounts: AccountsConfig = AccountsConfig()
+    realm: str = "Portico"
+    basic: bool = True  # accept HTTP Basic from API clients on the reverse listener
+    forward_proxy_auth: bool = True  # require Proxy-Authorization on the forward listener
+    group_refresh_interval: timedelta | None = None  # default: half of ldap.group_cache_ttl; 0: off
+
+    def __post_init__(self) -> None:
+        if self.backend == "ldap" and self.ldap is None:
+            raise ValueError("ldap: required with backend 'ldap' (urls, base_dn, bind_dn, password_file...)")
+        if self.backend == "file" and self.users_file is None:
+            raise ValueError("users_file: required with backend 'file' (make one with `portico users add`)")
+
+
 @dataclass(frozen=True)
 class PorticoConfig:
     """The whole validated configuration."""
@@ -405,6 +520,8 @@ class PorticoConfig:
     moderation: ModerationConfig | None = None
     phishing: PhishingConfig | None = None
     tracking: TrackingConfig = TrackingConfig()
+    auth: AuthConfig | None = None
+    access_control: AccessControl | None = None
     dashboard: DashboardConfig = DashboardConfig()
     source: Path | None = field(default=None, metadata={"internal": True})
 

@@ -1,41 +1,95 @@
-"""The LMDB event store: partition files, the one writer thread, record/submit.
+"""The LMDB event store: partition files, the one writer thread, record/submit, listing.
 
-(skeleton: signatures of the public contract; the implementation follows)
+Threads:
+- callers validate events (`record`/`submit`) and enqueue them;
+- the writer thread owns every write to the events files: it drains the queue (group
+  commit: up to `batch_max` events or `batch_interval` of waiting), writes rows with
+  `putmulti(append=True)` plus the id index, commits (fsync with sync=True) and only then
+  resolves the callers' futures;
+- the follower thread turns committed batches into column segments, rollups and key-only
+  indexes (the derived files), off the acknowledgement path. On open it catches up from the
+  rows (its watermark is the last sequence number it folded in, per partition).
+Queries read with short read transactions from any thread.
 """
 
 from __future__ import annotations
 
+import base64
+import collections
 import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
-from telemetry.events import Event
-from telemetry.query import EventPage, FunnelQuery, FunnelResult, ListQuery, Query, QueryResult
+import lmdb
+import msgpack
+import numpy as np
+
+from telemetry import columns, rollups
+from telemetry.dictionary import Dictionary
+from telemetry.errors import (EventError, QueryError, StoreClosedError, StoreError, StoreFullError,
+                              StoreIOError, TelemetryError)
+from telemetry.events import KEY_LEN, Event, coerce_event, decode_row, encode_row, row_key, split_key
+from telemetry.partitions import (Partition, PartitionName, class_rule, lmdb_error, parse_name, period_of,
+                                  retention_class, start_datetime)
+from telemetry.predicate import compile_all
+from telemetry.query import (EventPage, Filter, FunnelQuery, FunnelResult, ListQuery, Query, QueryResult,
+                             validate_list_query)
+from telemetry.timebuckets import to_us
 
 DEFAULT_DIMENSIONS = ("org", "project", "path", "referrer_host", "status", "cache", "group", "country",
-                      "campaign")
+                      "geo_cell", "campaign")
+INDEXED = ("user", "session")          # key-only secondary indexes
+MAX_PENDING = 1_000_000                # events queued for the writer before submit refuses
+FOLLOW_CHUNK = columns.SEG_ROWS
+RETENTION_EVERY = 3600.0
+_SEQ = b"seq"
+_WM = b"wm"
+_TAIL = b"tail"
+_NEXTSEG = b"nextseg"
 
 
 @dataclass(frozen=True)
 class StoreSettings:
+    """How the store keeps events (built by proxy/config.py from the `telemetry:` section)."""
+
     path: Path
-    partition: str = "day"
-    map_size: int = 1 << 30
-    max_map_size: int = 1 << 40
-    retention: Mapping[str, timedelta] = field(default_factory=dict)
+    partition: str = "day"                       # "day" | "week"
+    map_size: int = 1 << 30                      # initial map per file; grows by doubling
+    max_map_size: int = 1 << 40                  # growth stops here: StoreFullError
+    retention: Mapping[str, timedelta] = field(default_factory=dict)   # type, "prefix.*" or "*" -> keep
     dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS
     batch_max: int = 1000
     batch_interval: float = 0.010
     sync: bool = True
+
+    def validate(self) -> StoreSettings:
+        if self.partition not in ("day", "week"):
+            raise StoreError(f"telemetry.partition: {self.partition!r} is not one of day, week")
+        if self.map_size < 1 << 16 or self.max_map_size < self.map_size:
+            raise StoreError(f"telemetry.map_size: {self.map_size} must be >= 64 KiB and <= max_map_size "
+                             f"({self.max_map_size})")
+        for k, v in self.retention.items():
+            if not isinstance(v, timedelta) or v <= timedelta(0):
+                raise StoreError(f"telemetry.retention.{k}: expected a positive duration, got {v!r}")
+        if self.batch_max < 1 or self.batch_interval < 0:
+            raise StoreError("telemetry.batch_max must be >= 1 and batch_interval >= 0")
+        return self
 
 
 @dataclass(frozen=True)
 class RecordResult:
     accepted: int
     duplicates: int
-    errors: list[tuple[int, str]]
+    errors: list[tuple[int, str]]                # (index in the batch, message naming the field)
 
 
 @dataclass(frozen=True)
@@ -45,20 +99,820 @@ class StoreStats:
     partitions: int
     oldest: datetime | None
     newest: datetime | None
+    pending: int = 0                             # events committed but not yet in rollups/segments
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Pending:
+    __slots__ = ("events", "errors", "future", "accepted", "duplicates")
+
+    def __init__(self, events: list[Event], errors: list[tuple[int, str]]) -> None:
+        self.events = events
+        self.errors = errors
+        self.future: concurrent.futures.Future[RecordResult] = concurrent.futures.Future()
+        self.accepted = 0
+        self.duplicates = 0
+
+
+class _RWLock:
+    """Many readers or one exclusive holder (map growth, retention close files under it)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    def acquire_read(self) -> None:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def acquire_write(self) -> None:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._writer = True
+            while self._readers:
+                self._cond.wait()
+
+    def release_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+class _Reading:
+    def __init__(self, lock: _RWLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        self.lock.acquire_read()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release_read()
 
 
 class Store:
+    """An open event store. Thread-safe; one per directory per process."""
+
+    def __init__(self, settings: StoreSettings, readonly: bool = False) -> None:
+        self.settings = settings
+        self.readonly = readonly
+        self.root = Path(settings.path)
+        self.pdir = self.root / "p"
+        self._kind = "w" if settings.partition == "week" else "d"
+        self._parts: dict[str, Partition] = {}
+        self._parts_lock = threading.Lock()
+        self._rw = _RWLock()
+        self._closed = False
+        self._seq = 0
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._follow: collections.deque[tuple[str, list[tuple[bytes, Event]]]] = collections.deque()
+        self._follow_cond = threading.Condition()
+        self._handed = 0          # events handed to the follower
+        self._followed = 0        # events folded into derived files
+        self._follow_error: BaseException | None = None
+        self._class_of: dict[str, str] = {}
+        self._last_retention = 0.0
+        self.dictionary: Dictionary
+        self._writer: threading.Thread | None = None
+        self._follower: threading.Thread | None = None
+
+    # ---- open / close ------------------------------------------------------------------
+
     @classmethod
-    def open(cls, settings: StoreSettings) -> "Store": raise NotImplementedError
-    def record(self, events: Sequence[Event | Mapping], *, wait: bool = True,
-               timeout: float | None = None) -> RecordResult: raise NotImplementedError
-    def submit(self, events: Sequence[Event | Mapping]) -> concurrent.futures.Future: raise NotImplementedError
-    def query(self, q: Query) -> QueryResult: raise NotImplementedError
-    def list_events(self, q: ListQuery) -> EventPage: raise NotImplementedError
-    def funnel(self, q: FunnelQuery) -> FunnelResult: raise NotImplementedError
-    def stats(self) -> StoreStats: raise NotImplementedError
-    def flush(self, timeout: float | None = None) -> None: raise NotImplementedError
-    def backup(self, dest: Path) -> None: raise NotImplementedError
+    def open(cls, settings: StoreSettings, *, readonly: bool = False) -> Store:
+        """Open (creating when missing) the store at settings.path and start its threads.
+
+        With readonly=True nothing is written and no thread starts (for `portico store stats`
+        while a gateway runs).
+
+        Raises:
+            StoreIOError: a file cannot be opened (names it).
+        """
+        settings.validate()
+        self = cls(settings, readonly)
+        root = self.root
+        try:
+            if readonly:
+                if not (root / "dict.lmdb").exists():
+                    raise StoreIOError(f"{root}: no telemetry store here (dict.lmdb missing)")
+            else:
+                self.pdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreIOError(f"cannot create the store directory {root}: {e.strerror or e}") from e
+        self.dictionary = Dictionary(root / "dict.lmdb", sync=settings.sync, readonly=readonly)
+        for f in sorted(self.pdir.glob("*.events.lmdb")) if self.pdir.exists() else []:
+            parsed = parse_name(f.name)
+            if parsed is None:
+                continue
+            part = Partition(self.pdir, parsed[0], settings.map_size, settings.sync, readonly=readonly)
+            self._parts[parsed[0].stem] = part
+            with part.events.begin() as txn:
+                raw = txn.get(_SEQ, db=part.info)
+                if raw is not None:
+                    self._seq = max(self._seq, int.from_bytes(raw, "big"))
+        if not readonly:
+            self._dims = tuple((self.dictionary.code(d), d) for d in settings.dimensions if d != "geo_cell")
+            self.dictionary.commit()
+            self.apply_retention()
+            self._writer = threading.Thread(target=self._writer_loop, name="telemetry-writer", daemon=True)
+            self._follower = threading.Thread(target=self._follower_loop, name="telemetry-follower", daemon=True)
+            self._catch_up()
+            self._writer.start()
+            self._follower.start()
+        return self
+
+    def close(self) -> None:
+        """Commit what is queued, let the follower catch up, and close every file."""
+        if self._closed:
+            return
+        if not self.readonly:
+            try:
+                self.flush(timeout=60)
+            except TelemetryError:
+                pass
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        with self._follow_cond:
+            self._follow_cond.notify_all()
+        for t in (self._writer, self._follower):
+            if t is not None:
+                t.join(timeout=30)
+        self._rw.acquire_write()
+        try:
+            for p in self._parts.values():
+                p.close()
+            self.dictionary.close()
+        finally:
+            self._rw.release_write()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"the telemetry store at {self.root} is closed")
+
+    # ---- partitions --------------------------------------------------------------------
+
+    def _class(self, etype: str) -> str:
+        c = self._class_of.get(etype)
+        if c is None:
+            c = self._class_of[etype] = retention_class(etype, self.settings.retention)
+        return c
+
+    def _partition(self, cls: str, time_us: int) -> Partition:
+        period, s, e = period_of(time_us, self._kind)
+        stem = f"{cls}@{period}"
+        p = self._parts.get(stem)
+        if p is None:
+            with self._parts_lock:
+                p = self._parts.get(stem)
+                if p is None:
+                    p = Partition(self.pdir, PartitionName(cls, period, s, e), self.settings.map_size,
+                                  self.settings.sync)
+                    self._parts[stem] = p
+        return p
+
+    def partitions(self, start_us: int = 0, end_us: int = 1 << 62, types: tuple[str, ...] = ()) -> list[Partition]:
+        """Partitions overlapping [start_us, end_us) that can hold `types` (all when empty), oldest first."""
+        classes = {self._class(t) for t in types} if types else None
+        out = [p for p in list(self._parts.values())
+               if not p.closed and p.name.start_us < end_us and p.name.end_us > start_us
+               and (classes is None or p.name.cls in classes)]
+        return sorted(out, key=lambda p: (p.name.start_us, p.name.cls))
+
+    def reading(self) -> _Reading:
+        """Context manager held by readers so map growth / retention wait for them."""
+        return _Reading(self._rw)
+
+    # ---- record ------------------------------------------------------------------------
+
+    def _prepare(self, events: Sequence[Event | Mapping[str, Any]]) -> _Pending:
+        self._check_open()
+        if self.readonly:
+            raise StoreError(f"the store at {self.root} is open read-only")
+        good: list[Event] = []
+        errors: list[tuple[int, str]] = []
+        for i, item in enumerate(events):
+            try:
+                good.append(item if type(item) is Event and item.packed_attrs is not None else coerce_event(item))
+            except EventError as e:
+                errors.append((i, str(e)))
+        return _Pending(good, errors)
+
+    def submit(self, events: Sequence[Event | Mapping[str, Any]]) -> concurrent.futures.Future[RecordResult]:
+        """Validate and enqueue; the future resolves once the events are committed (durable).
+
+        Never blocks on I/O: for asyncio callers, `await asyncio.wrap_future(store.submit(...))`.
+
+        Raises:
+            StoreClosedError: the store is closed.
+            StoreFullError: more than MAX_PENDING events are waiting for the writer.
+        """
+        return self._enqueue(self._prepare(events)).future
+
+    def _enqueue(self, pending: _Pending) -> _Pending:
+        if not pending.events:
+            pending.future.set_result(RecordResult(0, 0, pending.errors))
+            return pending
+        with self._cond:
+            if self._closed:
+                raise StoreClosedError(f"the telemetry store at {self.root} is closed")
+            if self._queued + len(pending.events) > MAX_PENDING:
+                raise StoreFullError(f"the writer of {self.root} has {self._queued} events queued "
+                                     f"(limit {MAX_PENDING}); the disk is too slow or the store is stuck")
+            self._queue.append(pending)
+            self._queued += len(pending.events)
+            self._cond.notify()
+        return pending
+
+    def record(self, events: Sequence[Event | Mapping[str, Any]], *, wait: bool = True,
+               timeout: float | None = None) -> RecordResult:
+        """Validate and record events; bad ones are listed in `errors`, good ones still accepted.
+
+        With wait=True, returns only after the batch holding them is committed (fsync'd when
+        settings.sync): an accepted event survives a crash right after. With wait=False,
+        returns at once with `accepted` = the number queued (duplicates not yet known).
+
+        Raises:
+            StoreClosedError, StoreFullError, StoreIOError: the batch could not be committed.
+            TimeoutError: not committed within `timeout` seconds (it may still be).
+        """
+        pending = self._enqueue(self._prepare(events))
+        if not wait:
+            return RecordResult(len(pending.events), 0, pending.errors)
+        try:
+            return pending.future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"events not committed within {timeout} s (they may still be)") from None
+
+    # ---- the writer --------------------------------------------------------------------
+
+    def _writer_loop(self) -> None:
+        s = self.settings
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait(timeout=60)
+                    if not self._queue and time.monotonic() - self._last_retention > RETENTION_EVERY:
+                        break
+                if self._closed and not self._queue:
+                    return
+                batch: list[_Pending] = []
+                n = 0
+                deadline = time.monotonic() + s.batch_interval
+                while True:
+                    while self._queue and n < s.batch_max:
+                        p = self._queue.popleft()
+                        batch.append(p)
+                        n += len(p.events)
+                    if n >= s.batch_max or self._closed or not batch:
+                        break
+                    # Group commit: wait a little for more events while the batch is small.
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._cond.wait(timeout=left):
+                        while self._queue and n < s.batch_max:
+                            p = self._queue.popleft()
+                            batch.append(p)
+                            n += len(p.events)
+                        break
+                self._queued -= n
+            if batch:
+                self._write(batch)
+            if time.monotonic() - self._last_retention > RETENTION_EVERY:
+                try:
+                    self.apply_retention()
+                except TelemetryError:
+                    pass
+
+    def _write(self, batch: list[_Pending]) -> None:
+        groups: dict[str, tuple[Partition, list[tuple[_Pending, Event]]]] = {}
+        for p in batch:
+            for e in p.events:
+                part = self._partition(self._class(e.type), e.time_us)
+                g = groups.get(part.name.stem)
+                if g is None:
+                    g = groups[part.name.stem] = (part, [])
+                g[1].append((p, e))
+        handed: list[tuple[str, list[tuple[bytes, Event]]]] = []
+        try:
+            for stem, (part, items) in groups.items():
+                handed.append((stem, self._write_partition(part, items)))
+        except BaseException as e:  # noqa: BLE001 - reported to every waiting caller
+            err = e if isinstance(e, TelemetryError) else StoreIOError(f"writing to {self.root}: {e!r}")
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(err)
+            # rows of partitions already committed still go to the follower
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result(RecordResult(p.accepted, p.duplicates, p.errors))
+        if handed:
+            with self._follow_cond:
+                for h in handed:
+                    if h[1]:
+                        self._follow.append(h)
+                        self._handed += len(h[1])
+                self._follow_cond.notify()
+
+    def _write_partition(self, part: Partition, items: list[tuple[_Pending, Event]]) -> list[tuple[bytes, Event]]:
+        """Commit one partition's share of a batch; returns the new (key, event) rows."""
+        while True:
+            seq = self._seq
+            rows: list[tuple[bytes, bytes]] = []
+            new: list[tuple[bytes, Event]] = []
+            owners: list[_Pending] = []
+            dups: list[_Pending] = []
+            try:
+                with part.events.begin(write=True) as txn:
+                    ids_cur = txn.cursor(part.ids)
+                    idkeys = [e.id.encode() for _, e in items]
+                    found = ids_cur.getmulti(sorted(set(idkeys))) if idkeys else []
+                    seen = {k for k, _ in found}
+                    idrows = []
+                    for (p, e), ik in zip(items, idkeys):
+                        if ik in seen:
+                            dups.append(p)
+                            continue
+                        seen.add(ik)
+                        seq += 1
+                        k = row_key(e.time_us, seq)
+                        rows.append((k, encode_row(e)))
+                        idrows.append((ik, k))
+                        new.append((k, e))
+                        owners.append(p)
+                    if rows:
+                        in_order = all(rows[i][0] < rows[i + 1][0] for i in range(len(rows) - 1))
+                        if not in_order:
+                            rows.sort()
+                        cur = txn.cursor(part.rows)
+                        last = cur.key() if cur.last() else b""
+                        cur.putmulti(rows, append=rows[0][0] > last)
+                        idrows.sort()
+                        ids_cur.putmulti(idrows)
+                        txn.put(_SEQ, seq.to_bytes(8, "big"), db=part.info)
+            except lmdb.MapFullError as e:
+                self._grow(part, e)
+                continue
+            except lmdb.Error as e:
+                raise lmdb_error(e, part.events_path, part.events, "cannot write events to") from e
+            self._seq = seq
+            for p in owners:
+                p.accepted += 1
+            for p in dups:
+                p.duplicates += 1
+            return new
+
+    def _grow(self, part: Partition, cause: BaseException, env: lmdb.Environment | None = None) -> None:
+        """Double a full map (up to max_map_size) with every reader paused."""
+        env = env or part.events
+        size = env.info()["map_size"]
+        if size >= self.settings.max_map_size:
+            raise lmdb_error(cause, part.events_path if env is part.events else part.derived_path, env,
+                             "map full (max_map_size reached) for") from cause
+        self._rw.acquire_write()
+        try:
+            env.set_mapsize(min(size * 2, self.settings.max_map_size))
+        finally:
+            self._rw.release_write()
+
+    # ---- the follower ------------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        """Queue rows the follower has not folded in yet (after a crash or kill)."""
+        for part in self.partitions():
+            with part.events.begin() as txn:
+                raw = txn.get(_SEQ, db=part.info)
+                top = int.from_bytes(raw, "big") if raw else 0
+            wm = self._watermark(part)
+            if top <= wm:
+                continue
+            todo: list[tuple[bytes, Event]] = []
+            with part.events.begin() as txn:
+                cur = txn.cursor(part.rows)
+                for k, v in cur:
+                    if int.from_bytes(k[8:], "big") > wm:
+                        todo.append((k, decode_row(k, v)))
+            todo.sort(key=lambda kv: kv[0][8:])
+            for i in range(0, len(todo), FOLLOW_CHUNK):
+                chunk = todo[i:i + FOLLOW_CHUNK]
+                self._follow.append((part.name.stem, chunk))
+                self._handed += len(chunk)
+
+    def _watermark(self, part: Partition) -> int:
+        if part.derived is None:
+            return 0
+        with part.derived.begin() as txn:
+            raw = txn.get(_WM, db=part.dinfo)
+            return int.from_bytes(raw, "big") if raw else 0
+
+    def _follower_loop(self) -> None:
+        while True:
+            with self._follow_cond:
+                while not self._follow and not (self._closed and self._writer is not None
+                                                 and not self._writer.is_alive()):
+                    self._follow_cond.wait(timeout=0.5)
+                if not self._follow:
+                    return
+                work: dict[str, list[tuple[bytes, Event]]] = {}
+                n = 0
+                while self._follow and n < FOLLOW_CHUNK:
+                    stem, rows = self._follow.popleft()
+                    work.setdefault(stem, []).extend(rows)
+                    n += len(rows)
+            for stem, rows in work.items():
+                try:
+                    self._fold(self._parts[stem], rows)
+                except BaseException as e:  # noqa: BLE001 - kept for flush()/stats to report
+                    self._follow_error = e
+                with self._follow_cond:
+                    self._followed += len(rows)
+                    self._follow_cond.notify_all()
+
+    def _fold(self, part: Partition, rows: list[tuple[bytes, Event]]) -> None:
+        """Fold committed rows into the partition's segment, rollups and indexes."""
+        if part.closed:
+            return
+        d = self.dictionary
+        events = [e for _, e in rows]
+        seg = columns.build_segment(events, d)
+        deltas = rollups.compute(seg, self._dims)
+        idx_items: list[tuple[bytes, bytes]] = []
+        for tag, name in ((b"u", "user"), (b"s", "session")):
+            c = seg.cols.get("c:" + name)
+            if c is not None:
+                for i in np.flatnonzero(c).tolist():
+                    idx_items.append((tag + int(c[i]).to_bytes(4, "big") + rows[i][0], b""))
+        idx_items.sort()
+        top = max(int.from_bytes(k[8:], "big") for k, _ in rows)
+        d.commit()   # codes before anything that refers to them
+        while True:
+            try:
+                with part.derived.begin(write=True) as txn:
+                    raw = txn.get(_WM, db=part.dinfo)
+                    if raw is not None and int.from_bytes(raw, "big") >= top:
+                        return   # already folded (catch-up raced a live hand-over)
+                    tail_raw = txn.get(_TAIL, db=part.dinfo)
+                    nxt_raw = txn.get(_NEXTSEG, db=part.dinfo)
+                    nxt = int.from_bytes(nxt_raw, "big") if nxt_raw else 0
+                    target, merged = nxt, seg
+                    if tail_raw is not None:
+                        tail = int.from_bytes(tail_raw, "big")
+                        h = columns.read_header(txn, part.segs, tail)
+                        if h is not None and h["n"] + seg.n <= columns.SEG_ROWS:
+                            merged = columns.concat(columns.read_segment(txn, part.segs, tail), seg)
+                            target = tail
+                    if target == nxt:
+                        txn.put(_NEXTSEG, (nxt + 1).to_bytes(8, "big"), db=part.dinfo)
+                    txn.put(_TAIL, target.to_bytes(8, "big"), db=part.dinfo)
+                    txn.cursor(part.segs).putmulti(columns.encode_segment(target, merged))
+                    rollups.merge_into(txn, part.roll, deltas)
+                    if idx_items:
+                        txn.cursor(part.idx).putmulti(idx_items)
+                    txn.put(_WM, top.to_bytes(8, "big"), db=part.dinfo)
+                return
+            except lmdb.MapFullError as e:
+                self._grow(part, e, part.derived)
+            except lmdb.Error as e:
+                raise lmdb_error(e, part.derived_path, part.derived, "cannot write rollups to") from e
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything recorded so far is committed and folded into rollups/segments.
+
+        Raises:
+            TimeoutError: not caught up within `timeout` seconds.
+            StoreError: the follower failed (the error it hit).
+        """
+        if self.readonly or self._writer is None:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queue and not self._closed:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"writer did not drain within {timeout} s")
+                self._cond.wait(timeout=0.01 if left is None else min(0.01, left))
+        # the writer may still hold a batch: wait for its futures through the follower count
+        while True:
+            with self._follow_cond:
+                if self._followed >= self._handed and not self._writer_busy():
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"rollups not caught up within {timeout} s "
+                                       f"({self._handed - self._followed} events behind)")
+                self._follow_cond.wait(timeout=0.01)
+        if self._follow_error is not None:
+            e, self._follow_error = self._follow_error, None
+            raise e if isinstance(e, TelemetryError) else StoreIOError(f"follower failed: {e!r}")
+
+    def _writer_busy(self) -> bool:
+        with self._cond:
+            return bool(self._queue) or self._queued > 0
+
+    # ---- reading -----------------------------------------------------------------------
+
+    def query(self, q: Query) -> QueryResult:
+        """Aggregate (see telemetry.query.Query). Raises QueryError naming the bad field."""
+        from telemetry.engine import run_query
+        self._check_open()
+        with self.reading():
+            return run_query(self, q)
+
+    def funnel(self, q: FunnelQuery) -> FunnelResult:
+        """Ordered-step conversion per actor (see telemetry.query.FunnelQuery)."""
+        from telemetry.engine import run_funnel
+        self._check_open()
+        with self.reading():
+            return run_funnel(self, q)
+
+    def list_events(self, q: ListQuery) -> EventPage:
+        """Raw events in time order over [start, end) with filters; keyset-paginated.
+
+        The page token holds the last row key returned, so it stays valid (no repeats, no
+        gaps among older rows) while new events arrive.
+        """
+        self._check_open()
+        validate_list_query(q)
+        s_us, e_us = to_us(q.start), to_us(q.end)
+        fp = _fingerprint(q)
+        after: bytes | None = None
+        if q.page_token:
+            after = _decode_token(q.page_token, fp)
+        match = compile_all(tuple(q.types), tuple(q.filters), q.geo)
+        out: list[tuple[bytes, Event]] = []
+        lo, hi = row_key(s_us, 0), row_key(e_us, 0)
+        with self.reading():
+            parts = self.partitions(s_us, e_us, tuple(q.types))
+            if q.descending:
+                parts.reverse()
+            idx = _index_filter(q.filters)
+            for part in parts:
+                if idx is not None:
+                    keys = self._index_keys(part, idx, lo, hi, after, q.descending)
+                    if keys is None:
+                        continue
+                    with part.events.begin(buffers=False) as txn:
+                        for k in keys:
+                            v = txn.get(k, db=part.rows)
+                            if v is None:
+                                continue
+                            e = decode_row(k, v)
+                            if match(e):
+                                out.append((k, e))
+                                if len(out) > q.limit:
+                                    break
+                else:
+                    self._scan(part, lo, hi, after, q.descending, match, out, q.limit + 1)
+                if len(out) > q.limit:
+                    break
+        token = None
+        if len(out) > q.limit:
+            out = out[:q.limit]
+            token = _encode_token(out[-1][0], fp)
+        return EventPage([e for _, e in out], token)
+
+    def _scan(self, part: Partition, lo: bytes, hi: bytes, after: bytes | None, desc: bool,
+              match: Any, out: list[tuple[bytes, Event]], want: int) -> None:
+        with part.events.begin() as txn:
+            cur = txn.cursor(part.rows)
+            if not desc:
+                start = lo if after is None or after < lo else after
+                if not cur.set_range(start):
+                    return
+                if after is not None and cur.key() == after:
+                    if not cur.next():
+                        return
+                for k, v in cur:
+                    if k >= hi:
+                        return
+                    e = decode_row(k, v)
+                    if match(e):
+                        out.append((k, e))
+                        if len(out) >= want:
+                            return
+            else:
+                start = hi if after is None or after > hi else after
+                if cur.set_range(start):
+                    ok = cur.prev()
+                else:
+                    ok = cur.last()
+                while ok:
+                    k = cur.key()
+                    if k < lo:
+                        return
+                    if k < start:
+                        e = decode_row(k, cur.value())
+                        if match(e):
+                            out.append((k, e))
+                            if len(out) >= want:
+                                return
+                    ok = cur.prev()
+
+    def _index_keys(self, part: Partition, idx: tuple[bytes, Any], lo: bytes, hi: bytes,
+                    after: bytes | None, desc: bool) -> list[bytes] | None:
+        tag, value = idx
+        code = self.dictionary.lookup(value)
+        if not code or part.derived is None:
+            return None if code else []
+        prefix = tag + code.to_bytes(4, "big")
+        keys: list[bytes] = []
+        with part.derived.begin() as txn:
+            cur = txn.cursor(part.idx)
+            if cur.set_range(prefix + lo):
+                for k in cur.iternext(values=False):
+                    if not k.startswith(prefix) or k[5:] >= hi:
+                        break
+                    keys.append(k[5:])
+        # rows not folded in yet are found by the scan path
+        if self._watermark(part) < self._part_seq(part):
+            return None
+        if desc:
+            keys.reverse()
+            if after is not None:
+                keys = [k for k in keys if k < after]
+        elif after is not None:
+            keys = [k for k in keys if k > after]
+        return keys
+
+    def _part_seq(self, part: Partition) -> int:
+        with part.events.begin() as txn:
+            raw = txn.get(_SEQ, db=part.info)
+            return int.from_bytes(raw, "big") if raw else 0
+
+    def stats(self) -> StoreStats:
+        """Events, bytes on disk, partitions, oldest/newest event time, follower lag."""
+        self._check_open()
+        events, size, oldest, newest = 0, 0, None, None
+        files = []
+        with self.reading():
+            parts = self.partitions()
+            for part in parts:
+                with part.events.begin() as txn:
+                    n = txn.stat(part.rows)["entries"]
+                    cur = txn.cursor(part.rows)
+                    if cur.first():
+                        t0 = split_key(cur.key())[0]
+                        oldest = t0 if oldest is None else min(oldest, t0)
+                    if cur.last():
+                        t1 = split_key(cur.key())[0]
+                        newest = t1 if newest is None else max(newest, t1)
+                events += n
+                b = sum(f.stat().st_size for f in part.files())
+                size += b
+                files.append({"partition": part.name.stem, "events": n, "bytes": b,
+                              "map_size": part.events.info()["map_size"]})
+        size += (self.root / "dict.lmdb").stat().st_size if (self.root / "dict.lmdb").exists() else 0
+        return StoreStats(events, size, len(parts), _dt(oldest), _dt(newest),
+                          pending=max(0, self._handed - self._followed), files=files)
+
+    # ---- retention, backup, restore ----------------------------------------------------
+
+    def apply_retention(self, now: datetime | None = None) -> list[str]:
+        """Delete whole partition files whose every event is past its type's retention.
+
+        Returns the partition names deleted.
+        """
+        self._last_retention = time.monotonic()
+        ret = self.settings.retention
+        if not ret:
+            return []
+        now_us = to_us(now) if now is not None else time.time_ns() // 1000
+        doomed = []
+        for part in self.partitions():
+            rule = class_rule(part.name.cls)
+            keep = ret.get(rule, ret.get("*") if rule != "*" else None)
+            if keep is None and rule != "*":
+                keep = ret.get("*")
+            if keep is None:
+                continue
+            if part.name.end_us <= now_us - int(keep.total_seconds() * 1_000_000):
+                doomed.append(part)
+        if not doomed:
+            return []
+        self._rw.acquire_write()
+        try:
+            for part in doomed:
+                with self._parts_lock:
+                    self._parts.pop(part.name.stem, None)
+                part.delete_files()
+        finally:
+            self._rw.release_write()
+        return [p.name.stem for p in doomed]
+
+    def backup(self, dest: Path) -> None:
+        """Online, consistent copy of the store into `dest` (created; must be empty).
+
+        Order keeps the copy consistent without pausing writes: derived files first, then the
+        events files (a superset of what the derived files folded in; the follower catches up
+        on open), then the dictionary (a superset of the codes they use).
+
+        Raises:
+            StoreIOError: dest is not empty, or a copy failed (names the file).
+        """
+        self._check_open()
+        dest = Path(dest)
+        _prepare_dest(dest)
+        (dest / "p").mkdir()
+        with self.reading():
+            parts = self.partitions()
+            try:
+                for part in parts:
+                    if part.derived is not None:
+                        part.derived.copy(str(dest / "p" / part.derived_path.name), compact=True)
+                for part in parts:
+                    part.events.copy(str(dest / "p" / part.events_path.name), compact=True)
+                self.dictionary.env.copy(str(dest / "dict.lmdb"), compact=True)
+            except lmdb.Error as e:
+                raise StoreIOError(f"backup of {self.root} to {dest} failed: {e}") from e
+        (dest / "BACKUP.json").write_text(json.dumps({
+            "portico_telemetry_backup": 1, "source": str(self.root),
+            "time": datetime.now(timezone.utc).isoformat(), "partitions": [p.name.stem for p in parts],
+            "partition": self.settings.partition}, indent=2))
+
     @staticmethod
-    def restore(src: Path, dest: Path) -> None: raise NotImplementedError
-    def close(self) -> None: raise NotImplementedError
+    def restore(src: Path, dest: Path) -> None:
+        """Copy a backup made by `backup` into `dest` (must not exist or be empty).
+
+        Raises:
+            StoreIOError: src is not a backup, dest is not empty, or a file is unreadable.
+        """
+        src, dest = Path(src), Path(dest)
+        if not (src / "BACKUP.json").is_file() or not (src / "dict.lmdb").is_file():
+            raise StoreIOError(f"{src} is not a telemetry backup (BACKUP.json / dict.lmdb missing); "
+                               "make one with `portico backup DIR`")
+        for f in [src / "dict.lmdb", *sorted((src / "p").glob("*.lmdb"))]:
+            try:
+                env = lmdb.open(str(f), subdir=False, readonly=True, lock=False, max_dbs=8)
+                env.close()
+            except lmdb.Error as e:
+                raise StoreIOError(f"backup file {f} is unreadable: {e}") from e
+        _prepare_dest(dest)
+        try:
+            shutil.copytree(src, dest, dirs_exist_ok=True)
+            (dest / "BACKUP.json").rename(dest / "RESTORED-FROM.json")
+        except OSError as e:
+            raise StoreIOError(f"restore of {src} into {dest} failed: {e}") from e
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+def _index_filter(filters: tuple[Any, ...]) -> tuple[bytes, Any] | None:
+    for f in filters:
+        if isinstance(f, Filter) and f.op == "eq" and isinstance(f.value, str) and f.attr in INDEXED:
+            return (b"u" if f.attr == "user" else b"s"), f.value
+    return None
+
+
+def _fingerprint(q: Any) -> bytes:
+    text = repr((q.start.timestamp(), q.end.timestamp(), tuple(q.types), tuple(q.filters), q.geo,
+                 getattr(q, "descending", None)))
+    return hashlib.blake2b(text.encode(), digest_size=6).digest()
+
+
+def _encode_token(key: bytes, fp: bytes) -> str:
+    return base64.urlsafe_b64encode(b"\x01" + fp + key).decode().rstrip("=")
+
+
+def _decode_token(token: str, fp: bytes) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != 1 + 6 + KEY_LEN or raw[0] != 1:
+        raise QueryError("page_token", "not a page token from this API; start again without it")
+    if raw[1:7] != fp:
+        raise QueryError("page_token", "belongs to a different query (range, types or filters changed); "
+                                       "start again without it")
+    return raw[7:]
+
+
+def _dt(us: int | None) -> datetime | None:
+    return None if us is None else start_datetime(us)
+
+
+def _prepare_dest(dest: Path) -> None:
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise StoreIOError(f"{dest} exists and is not an empty directory; choose a new one")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreIOError(f"cannot create {dest}: {e.strerror or e}") from e
+
+
+__all__ = ["DEFAULT_DIMENSIONS", "RecordResult", "Store", "StoreSettings", "StoreStats", "msgpack", "os"]

@@ -1,0 +1,646 @@
+"""Answering queries: rollups when they reach, numpy over column segments otherwise.
+
+Rollup path (count and distinct users): 15-minute UTC slot counters, used when the range
+and every bucket boundary fall on slots, at most one configured dimension is filtered
+(eq/in) and/or grouped by, optionally with type. Everything else (any attribute, list and
+map expansion, numeric metrics and percentiles, geo, regex...) runs vectorised over the
+column segments of the partitions in range; no row is decoded in Python.
+Both paths produce {(bucket index, group key values): value}; rows are then filled, ordered
+and keyset-paginated the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from telemetry import columns, rollups
+from telemetry.errors import QueryError
+from telemetry.predicate import forms, haversine_km
+from telemetry.query import (AnyFilter, BoolFilter, Filter, FunnelQuery, FunnelResult, FunnelStepResult, GeoFilter,
+                             Query, QueryResult, Row, parse_metric, resolve_interval, validate_funnel,
+                             validate_query, zone)
+from telemetry.timebuckets import boundaries, from_us, to_us
+
+SLOT = rollups.SLOT_US
+NONE = 0   # interned id of "missing"
+
+
+class _Interner:
+    """Per-query value <-> small int ids, shared by every segment (id 0 = None)."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = [None]
+        self.ids: dict[Any, int] = {}
+
+    def id(self, v: Any) -> int:
+        if v is None:
+            return NONE
+        k = ("\x00b", v) if type(v) is bool else v
+        i = self.ids.get(k)
+        if i is None:
+            i = self.ids[k] = len(self.values)
+            self.values.append(v)
+        return i
+
+
+# ---- filters on columns ----------------------------------------------------------------
+
+def _attr_columns(attr: str) -> list[str]:
+    if attr == "type":
+        return ["@y"]
+    return ["c:" + attr, "f:" + attr, "m:" + attr]
+
+
+def filter_columns(f: AnyFilter, out: set[str]) -> None:
+    if isinstance(f, BoolFilter):
+        for x in f.items:
+            filter_columns(x, out)
+    else:
+        out.update(_attr_columns(f.attr))
+
+
+def _m_rows(m: np.ndarray, n: int, codes: np.ndarray | None) -> np.ndarray:
+    """Boolean mask of rows having a multi-value member in `codes` (None: any member)."""
+    k = len(m) // 2
+    rows, vals = m[:k], m[k:]
+    hit = rows if codes is None else rows[np.isin(vals, codes)]
+    mask = np.zeros(n, bool)
+    mask[hit.astype(np.int64)] = True
+    return mask
+
+
+class _Ctx:
+    def __init__(self, store: Any) -> None:
+        self.d = store.dictionary
+        self._str_cache: dict[tuple[str, Any], np.ndarray] = {}
+
+    def eq_codes(self, values: list[Any]) -> tuple[np.ndarray, list[float]]:
+        codes, nums = set(), []
+        for v in values:
+            for kind, x in forms(v):
+                if kind == "s" or kind == "b":
+                    c = self.d.lookup(x)
+                    if c:
+                        codes.add(c)
+                else:
+                    nums.append(x)
+                    if float(x).is_integer():
+                        c = self.d.lookup(int(x))
+                        if c:
+                            codes.add(c)
+        return np.array(sorted(codes), np.uint32), nums
+
+    def str_codes(self, op: str, value: Any) -> np.ndarray:
+        key = (op, value)
+        got = self._str_cache.get(key)
+        if got is None:
+            if op == "contains":
+                sub = str(value)
+                test: Callable[[str], bool] = lambda s: sub in s  # noqa: E731
+            else:
+                rx = re.compile(value)
+                test = lambda s: rx.search(s) is not None  # noqa: E731
+            vals = self.d.values
+            got = np.array([i for i in range(1, len(vals)) if type(vals[i]) is str and test(vals[i])], np.uint32)
+            self._str_cache[key] = got
+        return got
+
+
+def filter_mask(ctx: _Ctx, f: AnyFilter, cols: dict[str, np.ndarray], n: int) -> np.ndarray:
+    if isinstance(f, BoolFilter):
+        masks = [filter_mask(ctx, x, cols, n) for x in f.items]
+        if f.op == "and":
+            return np.logical_and.reduce(masks)
+        if f.op == "or":
+            return np.logical_or.reduce(masks)
+        return ~masks[0]
+    op, attr = f.op, f.attr
+    if attr == "type":
+        c, fl, m = cols["@y"], None, None
+    else:
+        c, fl, m = cols.get("c:" + attr), cols.get("f:" + attr), cols.get("m:" + attr)
+    if op in ("eq", "ne", "in"):
+        codes, nums = ctx.eq_codes(list(f.value) if op == "in" else [f.value])
+        mask = np.zeros(n, bool)
+        if c is not None and len(codes):
+            mask |= np.isin(c, codes)
+        if fl is not None and nums:
+            mask |= np.isin(fl, np.array(nums))
+        if m is not None and len(codes):
+            mask |= _m_rows(m, n, codes)
+        return ~mask if op == "ne" else mask
+    if op in ("contains", "regex"):
+        codes = ctx.str_codes(op, f.value)
+        mask = np.zeros(n, bool)
+        if len(codes):
+            if c is not None:
+                mask |= np.isin(c, codes)
+            if m is not None:
+                mask |= _m_rows(m, n, codes)
+        return mask
+    if op in ("gt", "ge", "lt", "le"):
+        if fl is None:
+            return np.zeros(n, bool)
+        x = float(f.value)
+        with np.errstate(invalid="ignore"):
+            return {"gt": fl > x, "ge": fl >= x, "lt": fl < x, "le": fl <= x}[op]
+    mask = np.zeros(n, bool)
+    if c is not None:
+        mask |= c != 0
+    if fl is not None:
+        mask |= ~np.isnan(fl)
+    if m is not None:
+        mask |= _m_rows(m, n, None)
+    return mask if op == "exists" else ~mask
+
+
+def geo_mask(g: GeoFilter, cols: dict[str, np.ndarray], n: int) -> np.ndarray:
+    lat, lon = cols.get("f:lat"), cols.get("f:lon")
+    if lat is None or lon is None:
+        return np.zeros(n, bool)
+    with np.errstate(invalid="ignore"):
+        if g.bbox is not None:
+            s, w, nn, e = g.bbox
+            ok = (lat >= s) & (lat <= nn)
+            ok &= ((lon >= w) & (lon <= e)) if w <= e else ((lon >= w) | (lon <= e))
+            return ok
+        la, lo, km = g.near  # type: ignore[misc]
+        return haversine_km(lat, lon, la, lo) <= km
+
+
+# ---- group keys --------------------------------------------------------------------------
+
+def _map_codes(ctx: _Ctx, it: _Interner, codes: np.ndarray) -> np.ndarray:
+    if len(codes) == 0:
+        return np.zeros(0, np.int64)
+    uq, inv = np.unique(codes, return_inverse=True)
+    ids = np.fromiter((it.id(ctx.d.value(int(c))) if c else NONE for c in uq.tolist()), np.int64, len(uq))
+    return ids[inv]
+
+
+def _num(v: float) -> int | float:
+    return int(v) if float(v).is_integer() and abs(v) < 2**53 else v
+
+
+def _map_floats(it: _Interner, vals: np.ndarray) -> np.ndarray:
+    if len(vals) == 0:
+        return np.zeros(0, np.int64)
+    uq, inv = np.unique(vals, return_inverse=True)
+    ids = np.fromiter((NONE if math.isnan(v) else it.id(_num(v)) for v in uq.tolist()), np.int64, len(uq))
+    return ids[inv]
+
+
+def explode(ctx: _Ctx, it: _Interner, attr: str, cols: dict[str, np.ndarray], n: int, rows: np.ndarray,
+            precision: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into `rows`, group ids): one entry per row, or per list member / map key."""
+    k = len(rows)
+    if attr == "geo_cell":
+        lat, lon = cols.get("f:lat"), cols.get("f:lon")
+        ids = np.zeros(k, np.int64)
+        if lat is not None and lon is not None:
+            la, lo = lat[rows], lon[rows]
+            ok = ~(np.isnan(la) | np.isnan(lo))
+            size = 10.0 ** -precision
+            cla = np.floor(la[ok] / size).astype(np.int64)
+            clo = np.floor(lo[ok] / size).astype(np.int64)
+            pair = np.stack([cla, clo], axis=1)
+            if len(pair):
+                uq, inv = np.unique(pair, axis=0, return_inverse=True)
+                inv = inv.reshape(-1)
+                uids = np.array([it.id((round((a + 0.5) * size, precision + 1), round((b + 0.5) * size, precision + 1)))
+                                 for a, b in uq.tolist()], np.int64)
+                ids[ok] = uids[inv]
+        return np.arange(k), ids
+    if attr == "type":
+        return np.arange(k), _map_codes(ctx, it, cols["@y"][rows])
+    c, f, m = cols.get("c:" + attr), cols.get("f:" + attr), cols.get("m:" + attr)
+    base = np.zeros(k, np.int64)
+    if c is not None:
+        cc = c[rows]
+        nz = cc != 0
+        base[nz] = _map_codes(ctx, it, cc[nz])
+    if f is not None:
+        ff = f[rows]
+        sel = ~np.isnan(ff)
+        if c is not None:
+            sel &= c[rows] == 0
+        if sel.any():
+            base[sel] = _map_floats(it, ff[sel])
+    if m is None:
+        return np.arange(k), base
+    half = len(m) // 2
+    mr, mc = m[:half].astype(np.int64), m[half:]
+    pos = np.full(n, -1, np.int64)
+    pos[rows] = np.arange(k)
+    ep = pos[mr]
+    keep = ep >= 0
+    ep, ids = ep[keep], _map_codes(ctx, it, mc[keep])
+    has = np.zeros(k, bool)
+    has[ep] = True
+    rest = np.flatnonzero(~has)
+    allpos = np.concatenate([rest, ep])
+    allids = np.concatenate([base[rest], ids])
+    order = np.argsort(allpos, kind="stable")
+    return allpos[order], allids[order]
+
+
+def join(cur_pos: np.ndarray, cur_keys: list[np.ndarray], pos2: np.ndarray,
+         ids2: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Cartesian product per row of the current entries with another exploded attribute."""
+    starts = np.searchsorted(pos2, cur_pos, "left")
+    ends = np.searchsorted(pos2, cur_pos, "right")
+    cnt = ends - starts
+    rep = np.repeat(np.arange(len(cur_pos)), cnt)
+    total = int(cnt.sum())
+    offs = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    idx2 = np.repeat(starts, cnt) + offs
+    return cur_pos[rep], [k[rep] for k in cur_keys] + [ids2[idx2]]
+
+
+# ---- the segment path ---------------------------------------------------------------------
+
+def _segments(store: Any, s_us: int, e_us: int, types: tuple[str, ...], names: set[str]):
+    """Yield (n, cols) of every segment overlapping [s_us, e_us) (only the named columns)."""
+    for part in store.partitions(s_us, e_us, types):
+        if part.derived is None or part.segs is None:
+            continue
+        with part.derived.begin() as txn:
+            for seg_id, h in list(columns.iter_headers(txn, part.segs)):
+                if h["n"] == 0 or h["tmax"] < s_us or h["tmin"] >= e_us:
+                    continue
+                yield h["n"], columns.read_columns(txn, part.segs, seg_id, names | {"@t", "@y"})
+
+
+def _row_mask(ctx: _Ctx, cols: dict[str, np.ndarray], n: int, s_us: int, e_us: int, types: tuple[str, ...],
+              filters: tuple[AnyFilter, ...], geo: GeoFilter | None) -> np.ndarray:
+    t = cols["@t"]
+    mask = (t >= s_us) & (t < e_us)
+    if types:
+        codes = np.array([c for c in (ctx.d.lookup(x) for x in types) if c], np.uint32)
+        mask &= np.isin(cols["@y"], codes)
+    for f in filters:
+        if not mask.any():
+            break
+        mask &= filter_mask(ctx, f, cols, n)
+    if geo is not None:
+        mask &= geo_mask(geo, cols, n)
+    return mask
+
+
+def _scan(store: Any, q: Query, B: np.ndarray | None, func: str, attr: str | None, s_us: int,
+          e_us: int) -> dict[tuple[int, tuple], Any]:
+    ctx = _Ctx(store)
+    it = _Interner()
+    names: set[str] = set()
+    for f in q.filters:
+        filter_columns(f, names)
+    for g in q.group_by:
+        names.update(["f:lat", "f:lon"] if g == "geo_cell" else _attr_columns(g))
+    if q.geo is not None:
+        names.update(["f:lat", "f:lon"])
+    if func == "users":
+        names.update("c:" + a for a in rollups.ACTOR_ATTRS)
+    elif attr is not None:
+        names.add("f:" + attr)
+    parts: list[list[np.ndarray]] = []
+    for n, cols in _segments(store, s_us, e_us, q.types, names):
+        mask = _row_mask(ctx, cols, n, s_us, e_us, q.types, q.filters, q.geo)
+        rows = np.flatnonzero(mask)
+        if not len(rows):
+            continue
+        if func not in ("count", "users"):
+            vcol = cols.get("f:" + attr)  # type: ignore[operator]
+            if vcol is None:
+                continue
+            rows = rows[~np.isnan(vcol[rows])]
+            if not len(rows):
+                continue
+        pos = np.arange(len(rows))
+        keys: list[np.ndarray] = []
+        if B is not None:
+            keys.append(np.searchsorted(B, cols["@t"][rows], "right") - 1)
+        for g in q.group_by:
+            p2, ids2 = explode(ctx, it, g, cols, n, rows, q.geo_precision)
+            pos, keys = join(pos, keys, p2, ids2)
+        r = rows[pos]
+        if func == "users":
+            val = rollups.actor_codes(cols, n)[r].astype(np.float64)
+            ok = val != 0
+            keys, val = [k[ok] for k in keys], val[ok]
+        elif func == "count":
+            val = np.ones(len(r))
+        else:
+            val = cols["f:" + attr][r]  # type: ignore[operator]
+        parts.append(keys + [val])
+    nkeys = (1 if B is not None else 0) + len(q.group_by)
+    if not parts:
+        return {}
+    cat = [np.concatenate([p[i] for p in parts]) for i in range(nkeys + 1)]
+    keys, val = cat[:nkeys], cat[nkeys]
+    out: dict[tuple[int, tuple], Any] = {}
+    if not len(val):
+        return out
+    order = np.lexsort([val] + keys[::-1]) if keys else np.argsort(val, kind="stable")
+    keys = [k[order] for k in keys]
+    val = val[order]
+    brk = np.zeros(len(val), bool)
+    brk[0] = True
+    for k in keys:
+        brk[1:] |= k[1:] != k[:-1]
+    starts = np.flatnonzero(brk)
+    ends = np.append(starts[1:], len(val))
+    cnt = ends - starts
+    if func == "count":
+        res = cnt
+    elif func == "users":
+        distinct = np.ones(len(val), bool)
+        distinct[1:] = (val[1:] != val[:-1]) | brk[1:]
+        res = np.add.reduceat(distinct.astype(np.int64), starts)
+    elif func == "sum":
+        res = np.add.reduceat(val, starts)
+    elif func == "avg":
+        res = np.add.reduceat(val, starts) / cnt
+    elif func == "min":
+        res = val[starts]
+    elif func == "max":
+        res = val[ends - 1]
+    else:
+        qf = 0.5 if func == "p50" else 0.95
+        h = (cnt - 1) * qf
+        lo = np.floor(h).astype(np.int64)
+        hi = np.minimum(lo + 1, cnt - 1)
+        frac = h - lo
+        res = val[starts + lo] * (1 - frac) + val[starts + hi] * frac
+    b_off = 1 if B is not None else 0
+    klists = [k[starts].tolist() for k in keys]
+    for i, v in enumerate(res.tolist()):
+        bucket = klists[0][i] if B is not None else -1
+        gk = tuple(it.values[klists[j][i]] for j in range(b_off, nkeys))
+        out[(bucket, gk)] = _num(v) if func not in ("avg", "p50", "p95") else v
+    return out
+
+
+# ---- the rollup path ----------------------------------------------------------------------
+
+def _rollup_plan(store: Any, q: Query, B: np.ndarray | None, func: str, s_us: int, e_us: int):
+    """(dim, filter values or None, group_by_type, group_by_dim) when rollups can answer, else None."""
+    if func not in ("count", "users") or q.geo is not None:
+        return None
+    if s_us % SLOT or e_us % SLOT or (B is not None and (B % SLOT).any()):
+        return None
+    dims = {name for _, name in getattr(store, "_dims", ())}
+    dim = None
+    values = None
+    types = set(q.types) if q.types else None
+    for f in q.filters:
+        if not isinstance(f, Filter) or f.op not in ("eq", "in"):
+            return None
+        vals = list(f.value) if f.op == "in" else [f.value]
+        if f.attr == "type":
+            vs = {v for v in vals if isinstance(v, str)}
+            types = vs if types is None else types & vs
+            continue
+        if f.attr not in dims or (dim is not None and dim != f.attr) or values is not None:
+            return None
+        dim, values = f.attr, vals
+    gb_type = False
+    gb_dim = False
+    for g in q.group_by:
+        if g == "type" and not gb_type:
+            gb_type = True
+        elif g in dims and (dim is None or dim == g) and not gb_dim:
+            dim, gb_dim = g, True
+        else:
+            return None
+    if func == "users" and dim is not None:
+        return None
+    return dim, values, types, gb_type, gb_dim
+
+
+def _type_codes(store: Any, part: Any, txn: Any, types: set[str] | None) -> list[int]:
+    if types is not None:
+        return sorted(c for c in (store.dictionary.lookup(t) for t in types) if c)
+    found = set()
+    cur = txn.cursor(db=part.roll)
+    key = b"t"
+    while cur.set_range(key):
+        k = cur.key()
+        if not k.startswith(b"t"):
+            break
+        code = int.from_bytes(k[1:5], "big")
+        found.add(code)
+        key = b"t" + (code + 1).to_bytes(4, "big")
+    return sorted(found)
+
+
+def _rollups(store: Any, q: Query, B: np.ndarray | None, plan: tuple, func: str, s_us: int,
+             e_us: int) -> dict[tuple[int, tuple], Any]:
+    dim, values, types, gb_type, gb_dim = plan
+    d = store.dictionary
+    s_slot, e_slot = s_us // SLOT, e_us // SLOT
+    fcodes = None
+    if values is not None:
+        fcodes, _ = _Ctx(store).eq_codes(values)
+    dim_code = d.lookup(dim) if dim is not None else 0
+    acc_b, acc_t, acc_c, acc_v = [], [], [], []
+    tq = tuple(sorted(types)) if types is not None else ()
+    for part in store.partitions(s_us, e_us, tq):
+        if part.derived is None or part.roll is None:
+            continue
+        with part.derived.begin() as txn:
+            for tc in _type_codes(store, part, txn, types):
+                if func == "users":
+                    for slot, codes in rollups.read_users(txn, part.roll, tc, s_slot, e_slot):
+                        acc_b.append(np.full(len(codes), slot, np.int64))
+                        acc_t.append(np.full(len(codes), tc, np.int64))
+                        acc_v.append(codes.astype(np.int64))
+                elif dim is None:
+                    slots, counts = rollups.read_counts(txn, part.roll, tc, s_slot, e_slot)
+                    acc_b.append(slots)
+                    acc_t.append(np.full(len(slots), tc, np.int64))
+                    acc_v.append(counts)
+                else:
+                    if not dim_code:
+                        continue
+                    for slot, codes, counts in rollups.read_dim(txn, part.roll, dim_code, tc, s_slot, e_slot):
+                        if fcodes is not None:
+                            keep = np.isin(codes, fcodes)
+                            codes, counts = codes[keep], counts[keep]
+                        if not len(codes):
+                            continue
+                        acc_b.append(np.full(len(codes), slot, np.int64))
+                        acc_t.append(np.full(len(codes), tc, np.int64))
+                        acc_c.append(codes.astype(np.int64))
+                        acc_v.append(counts.astype(np.int64))
+    out: dict[tuple[int, tuple], Any] = {}
+    if not acc_b:
+        return out
+    slots = np.concatenate(acc_b)
+    tcs = np.concatenate(acc_t) if gb_type else np.zeros(len(slots), np.int64)
+    ccs = np.concatenate(acc_c) if (gb_dim and acc_c) else np.zeros(len(slots), np.int64)
+    vals = np.concatenate(acc_v)
+    bidx = (np.searchsorted(B, slots * SLOT, "right") - 1) if B is not None else np.full(len(slots), -1)
+    if func == "users":
+        trip = np.unique(np.stack([bidx, tcs, vals], axis=1), axis=0)
+        keys, counts = np.unique(trip[:, :2], axis=0, return_counts=True)
+        items = [(int(b), int(t), 0, int(c)) for (b, t), c in zip(keys.tolist(), counts.tolist())]
+    else:
+        keys, inv = np.unique(np.stack([bidx, tcs, ccs], axis=1), axis=0, return_inverse=True)
+        sums = np.bincount(inv.reshape(-1), weights=vals, minlength=len(keys))
+        items = [(int(b), int(t), int(c), int(s)) for (b, t, c), s in zip(keys.tolist(), sums.tolist())]
+    for b, t, c, v in items:
+        gk = []
+        for g in q.group_by:
+            gk.append(d.value(t) if g == "type" else d.value(c))
+        out[(b, tuple(gk))] = v
+    return out
+
+
+# ---- rows, ordering, paging --------------------------------------------------------------
+
+def _rank(v: Any) -> tuple:
+    if v is None:
+        return (0, 0)
+    if type(v) is bool:
+        return (1, int(v))
+    if isinstance(v, (int, float)):
+        return (2, v)
+    if isinstance(v, tuple):
+        return (4, v)
+    return (3, str(v))
+
+
+def _fingerprint(q: Query, interval: str | None) -> str:
+    text = repr((q.start.timestamp(), q.end.timestamp(), q.types, q.filters, q.geo, q.metric, interval, q.tz,
+                 q.group_by, q.geo_precision, q.order))
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(i) for i in x) if isinstance(x, list) else x
+
+
+def run_query(store: Any, q: Query) -> QueryResult:
+    """Answer an aggregate query (see module docstring)."""
+    validate_query(q)
+    interval = resolve_interval(q.interval, q.start, q.end)
+    tz = zone(q.tz)
+    s_us, e_us = to_us(q.start), to_us(q.end)
+    B = boundaries(q.start, q.end, interval, tz) if interval else None
+    func, attr = parse_metric(q.metric)
+    plan = _rollup_plan(store, q, B, func, s_us, e_us)
+    groups = _rollups(store, q, B, plan, func, s_us, e_us) if plan is not None else \
+        _scan(store, q, B, func, attr, s_us, e_us)
+    if B is not None:
+        nb = len(B) - 1
+        gkeys = {gk for _, gk in groups} or ({()} if not q.group_by else set())
+        for gk in gkeys:
+            for b in range(nb):
+                groups.setdefault((b, gk), 0)
+    entries = []
+    for (b, gk), v in groups.items():
+        if B is not None and not 0 <= b < len(B) - 1:
+            continue
+        ks = (b, tuple(_rank(x) for x in gk))
+        if q.order == "value_desc":
+            sk = (-v, ks)
+        elif q.order == "value_asc":
+            sk = (v, ks)
+        else:
+            sk = ks
+        entries.append((sk, b, gk, v))
+    entries.sort(key=lambda x: x[0])
+    total = len(entries)
+    fp = _fingerprint(q, interval)
+    start_i = 0
+    if q.page_token:
+        try:
+            raw = msgpack.unpackb(base64.urlsafe_b64decode(q.page_token + "=" * (-len(q.page_token) % 4)))
+            tfp, after = raw[0], _tuplify(raw[1])
+        except Exception:  # noqa: BLE001 - any garbage is the same user error
+            raise QueryError("page_token", "not a page token from this API; start again without it") from None
+        if tfp != fp:
+            raise QueryError("page_token", "belongs to a different query; start again without it")
+        start_i = bisect.bisect_right([e[0] for e in entries], after)
+    page = entries[start_i:start_i + q.limit]
+    token = None
+    if start_i + q.limit < total:
+        token = base64.urlsafe_b64encode(msgpack.packb([fp, page[-1][0]])).decode().rstrip("=")
+    rows = []
+    for _, b, gk, v in page:
+        keys: dict[str, Any] = {}
+        for g, x in zip(q.group_by, gk):
+            if g == "geo_cell":
+                keys["lat"], keys["lon"] = (x if x is not None else (None, None))
+            else:
+                keys[g] = x
+        rows.append(Row(from_us(int(B[b]), tz) if B is not None else None, keys, v))
+    return QueryResult(rows, total, token, interval, False)
+
+
+# ---- funnels -------------------------------------------------------------------------------
+
+def run_funnel(store: Any, q: FunnelQuery) -> FunnelResult:
+    """Actors whose step-1 event is in [start, end), then each next step strictly later and
+    within `within` of step 1. entered[i] = actors reaching step i; converted[i] = those also
+    reaching step i+1 (for the last step: those completing it); drop_off = entered - converted.
+    """
+    validate_funnel(q)
+    ctx = _Ctx(store)
+    s_us, e_us = to_us(q.start), to_us(q.end)
+    win = int(q.within.total_seconds() * 1_000_000)
+    end_scan = e_us + win
+    names: set[str] = {"c:" + q.by}
+    for st in q.steps:
+        for f in st.filters:
+            filter_columns(f, names)
+    types = tuple(sorted({s.type for s in q.steps}))
+    per_step: list[dict[int, list[int]]] = [dict() for _ in q.steps]
+    for n, cols in _segments(store, s_us, end_scan, types, names):
+        actor = cols.get("c:" + q.by)
+        if actor is None:
+            continue
+        for i, st in enumerate(q.steps):
+            hi = e_us if i == 0 else end_scan
+            mask = _row_mask(ctx, cols, n, s_us, hi, (st.type,), st.filters, None) & (actor != 0)
+            r = np.flatnonzero(mask)
+            for a, t in zip(actor[r].tolist(), cols["@t"][r].tolist()):
+                per_step[i].setdefault(a, []).append(t)
+    for m in per_step:
+        for v in m.values():
+            v.sort()
+    k = len(q.steps)
+    reached = [0] * (k + 1)
+    for a, starts in per_step[0].items():
+        best = 1
+        for t0 in starts:
+            depth, t = 1, t0
+            for j in range(1, k):
+                times = per_step[j].get(a)
+                if not times:
+                    break
+                i = bisect.bisect_right(times, t)
+                if i >= len(times) or times[i] > t0 + win:
+                    break
+                t = times[i]
+                depth += 1
+            best = max(best, depth)
+            if best == k:
+                break
+        for j in range(best):
+            reached[j] += 1
+    out = []
+    for j, st in enumerate(q.steps):
+        entered = reached[j]
+        converted = reached[j + 1] if j + 1 < k else entered
+        out.append(FunnelStepResult(j + 1, st.type, entered, converted, entered - converted))
+    return FunnelResult(out)

@@ -26,7 +26,7 @@ from mitmproxy import http
 
 from addons import metadata
 from addons.pages import error_response
-from addons.router import prefix_matches
+from addons.paths import prefix_matches
 from addons.textscore import PhraseScorer, Score, heat
 from addons.verdicts import page, record
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from mitmproxy import http
 
 from addons import metadata
+from addons.paths import prefix_matches
 from addons.pages import error_response, wants_json
 
 log = logging.getLogger("portico.router")
@@ -61,14 +62,6 @@ def host_rank(pattern: str, host: str) -> int:
         suffix = pattern[1:]  # ".example.org"
         return 1 + len(suffix) if host.endswith(suffix) and len(host) > len(suffix) else -1
     return 10_000 if host == pattern else -1
-
-
-def prefix_matches(prefix: str, path: str) -> bool:
-    """Segment-boundary prefix match on the path without query."""
-    base = prefix.rstrip("/")
-    if not base:
-        return True
-    return path == base or path.startswith(base + "/")
 
 
 def select_route(routes: Sequence[RouteSpec], host: str, path: str) -> RouteSpec | None:

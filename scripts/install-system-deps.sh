@@ -2,10 +2,12 @@
 # Install the Debian packages the test suite and benchmarks run for real:
 #   slapd, ldap-utils  - a real OpenLDAP directory for the auth tests
 #   openssl            - test certificates (LDAPS/StartTLS, gRPC TLS, DoT)
-#   wrk                - HTTP load generator for bench/proxy.py
+#   wrk                - HTTP load generator for the bench/ scripts
+#   unbound            - a real DNS-over-TLS / DNS-over-HTTPS resolver for the encrypted-DNS tests
+#   chromium           - a real headless browser for the snippet/tracking and dashboard tests
 # Packages already present are skipped, so this is quick on a prepared machine.
 set -euo pipefail
-PACKAGES=(slapd ldap-utils openssl wrk)
+PACKAGES=(slapd ldap-utils openssl wrk unbound chromium)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

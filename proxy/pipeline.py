@@ -28,6 +28,7 @@ from addons.lifecycle import Lifecycle
 from addons.router import RouteSpec, Router
 from proxy.config import PorticoConfig
 from proxy import guard
+from proxy import auth_setup
 from proxy import tracking_setup
 
 
@@ -109,6 +110,9 @@ def portico_addons(config: PorticoConfig, services: Services) -> list[Any]:
             allow_private_destinations=config.forward.allow_private_destinations,
             **({"resolve": resolver.resolve} if resolver is not None else {}),
         )))
+    # auth (login/logout under the reserved prefix, Basic, session cookie, Proxy-Authorization)
+    # then acl (access_control rules): before any endpoint or module answers
+    addons += auth_setup.auth_addons(config, services.store)
     # tracking endpoints (pixel, click, outbound redirect, snippet JS, beacon) answer under the
     # reserved prefix, so before Endpoints; tracking and the access log record every flow, last.
     track_early, track_late = tracking_setup.tracking_addons(config, services.store)

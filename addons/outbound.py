@@ -18,10 +18,12 @@ stored it is not rewritten twice.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -105,11 +107,29 @@ def check_redirect(secret: bytes, query: str) -> tuple[str, str] | str:
 class Outbound:
     """Signs external links in HTML and serves the redirect that records them."""
 
+    CACHE_SIZE = 256
+
     def __init__(self, settings: OutboundSettings, recorder: Recorder, visitors: Visitors) -> None:
         self.settings = settings
         self.recorder = recorder
         self.visitors = visitors
         self.endpoint = settings.reserved_prefix + "out"
+        # The same page is served again and again: remember its rewritten form (keyed by a
+        # digest of the body, the host and the page path), so the regex and HMACs run once.
+        self._rewritten: OrderedDict[tuple[bytes, str, str], str | None] = OrderedDict()
+
+    def rewrite(self, text: str, page_host: str, from_path: str) -> str | None:
+        """The rewritten page, or None when it has no external link (memoised)."""
+        key = (hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest(), page_host, from_path)
+        if key in self._rewritten:
+            self._rewritten.move_to_end(key)
+            return self._rewritten[key]
+        s = self.settings
+        new, count = rewrite_links(text, s.secret, s.reserved_prefix, page_host, from_path, s.internal_hosts)
+        self._rewritten[key] = new if count else None
+        if len(self._rewritten) > self.CACHE_SIZE:
+            self._rewritten.popitem(last=False)
+        return self._rewritten[key]
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -166,6 +186,6 @@ class Outbound:
             return
         page_host = flow.metadata.get(metadata.ORIGINAL_HOST, "")
         from_path = (flow.metadata.get(metadata.ORIGINAL_PATH) or flow.request.path).split("?", 1)[0]
-        new, count = rewrite_links(text, s.secret, s.reserved_prefix, page_host, from_path, s.internal_hosts)
-        if count:
+        new = self.rewrite(text, page_host, from_path)
+        if new is not None:
             resp.set_text(new)

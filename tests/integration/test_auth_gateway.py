@@ -402,3 +402,91 @@ access_control:
         assert request(gateway.url, "/members/", headers={"Authorization": basic("erin", "x")})[0] == 401
     key = tmp_path / "data" / "session.key"
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+# --- identity events in the telemetry store ------------------------------------------------
+
+
+def stored_events(gateway: GatewayThread, *types: str) -> list:
+    from datetime import datetime, timedelta, timezone
+
+    from telemetry.query import ListQuery
+
+    store = gateway.gateway.store
+    store.flush(10)
+    now = datetime.now(timezone.utc)
+    page = store.list_events(ListQuery(start=now - timedelta(hours=1), end=now + timedelta(hours=1),
+                                       types=types, limit=1000))
+    return page.events
+
+
+def wait_for_events(gateway: GatewayThread, type_: str, count: int, timeout: float = 10) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        events = stored_events(gateway, type_)
+        if len(events) >= count or time.monotonic() > deadline:
+            return events
+        time.sleep(0.1)
+
+
+def test_login_and_account_events_reach_the_store(upstream, tmp_path):
+    import ldap3
+
+    from tests.auth.slapd import group_dn, user_dn
+
+    own = Slapd(tmp_path / "slapd").start()
+    try:
+        own.seed()
+        with own.admin() as c:
+            c.add(group_dn("acme-members"), ["groupOfNames"], {"cn": "acme-members",
+                                                                   "member": [user_dn("alice"), user_dn("star*(x)")]})
+            c.add(group_dn("acme-admins"), ["groupOfNames"], {"cn": "acme-admins", "member": [user_dn("bob")]})
+            c.add(group_dn("globex-members"), ["groupOfNames"], {"cn": "globex-members", "member": [user_dn("dave")]})
+        config = ldap_config(own, tmp_path, upstream, session="""accounts:
+    group_pattern: '^(?P<org>[a-z0-9]+)-(?P<role>admins|members)$'
+    roles: {admins: admin, members: member}
+    check_interval: 1s
+""").replace("telemetry: {enabled: false, ", "telemetry: {sync: false, ").replace(
+            "    response_timeout: 2\n", "    response_timeout: 2\n    auth_cache_ttl: 0\n    group_cache_ttl: 0.01\n")
+        with GatewayThread(config) as gateway:
+            assert login(gateway, "alice", "alice-pw")[0] == 303
+            assert login(gateway, "alice", "wrong")[0] == 401
+            assert login(gateway, "dave", "dave-pw")[0] == 303
+            status, headers, _ = login(gateway, "bob", "bob-pw")
+            cookie = session_cookie(headers)
+            request(gateway.url, "/admin/", headers={"Authorization": ALICE})  # denied: admin-others
+            request(gateway.url, "/_portico/logout", headers={"Cookie": cookie})
+
+            joined = {(e.attrs["user"], e.attrs["org"], e.attrs["role"]) for e in stored_events(gateway, "user.joined")}
+            assert joined == {("alice", "acme", "member"), ("bob", "acme", "admin"), ("dave", "globex", "member")}
+            assert all(e.attrs["project"] == "default" for e in stored_events(gateway, "user.joined"))
+            logins = [(e.attrs["user"], e.attrs["outcome"], e.attrs.get("reason")) for e in stored_events(gateway, "auth.login")]
+            assert ("alice", "success", None) in logins and ("alice", "failure", "bad_password") in logins
+            assert not any("alice-pw" in json.dumps(dict(e.attrs)) for e in stored_events(gateway))
+            denied = stored_events(gateway, "access.denied")
+            assert [(e.attrs["rule"], e.attrs["user"]) for e in denied] == [("admin-others", "alice")]
+            assert [e.attrs["user"] for e in stored_events(gateway, "auth.logout")] == ["bob"]
+
+            # alice is promoted: acme member -> admin, noticed at her next login
+            with own.admin() as c:
+                c.modify(group_dn("acme-members"), {"member": [(ldap3.MODIFY_DELETE, [user_dn("alice")])]})
+                c.modify(group_dn("acme-admins"), {"member": [(ldap3.MODIFY_ADD, [user_dn("alice")])]})
+            assert login(gateway, "alice", "alice-pw")[0] == 303
+            changed = stored_events(gateway, "user.role_changed")
+            assert [(e.attrs["user"], e.attrs["org"], e.attrs["previous_role"], e.attrs["role"])
+                    for e in changed] == [("alice", "acme", "member", "admin")]
+            assert len(stored_events(gateway, "user.joined")) == 3  # not joined again
+
+            # dave disappears from the directory: the periodic check reports it
+            with own.admin() as c:
+                c.delete(user_dn("dave"))
+            left = wait_for_events(gateway, "user.left", 1)
+            assert [(e.attrs["user"], e.attrs["org"], e.attrs["reason"]) for e in left] == [
+                ("dave", "globex", "directory")]
+        # the "seen" state survives a restart: no second user.joined for alice
+        with GatewayThread(config) as gateway:
+            assert login(gateway, "alice", "alice-pw")[0] == 303
+            joined = [e.attrs["user"] for e in stored_events(gateway, "user.joined")]
+            assert joined.count("alice") == 1
+    finally:
+        own.stop()

@@ -121,15 +121,12 @@ class Partition:
             if not readonly:
                 raise
             self.derived = None  # a read-only open of a partition the follower never reached
-        if readonly:
-            with self.events.begin() as txn:
-                self.rows = self.events.open_db(b"rows", txn=txn, create=False)
-                self.ids = self.events.open_db(b"ids", txn=txn, create=False)
-                self.info = self.events.open_db(b"info", txn=txn, create=False)
-        else:
-            self.rows = self.events.open_db(b"rows")
-            self.ids = self.events.open_db(b"ids")
-            self.info = self.events.open_db(b"info")
+        try:
+            self.rows = self.events.open_db(b"rows", create=not readonly)
+            self.ids = self.events.open_db(b"ids", create=not readonly)
+            self.info = self.events.open_db(b"info", create=not readonly)
+        except lmdb.Error as e:
+            raise lmdb_error(e, self.events_path, self.events, "cannot open the tables of") from e
         self.segs = self.roll = self.idx = self.dinfo = None
         if self.derived is not None:
             try:

@@ -8,6 +8,7 @@ No I/O and no gRPC here: the servicer (`proto/service.py`) maps errors to status
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -254,16 +255,37 @@ def preset_query(name: str, *, start: datetime, end: datetime) -> Any:
     return factory(start=start, end=end)
 
 
+def _set_bucket(ts: Any, dt: datetime) -> None:
+    # floor(timestamp()) is the exact second: a microsecond fraction (<= 0.999999) can't round
+    # up at today's magnitudes; this is ~3x faster than datetime arithmetic per row
+    ts.seconds = math.floor(dt.timestamp())
+    ts.nanos = dt.microsecond * 1000
+
+
 def row_to_pb(row: Any, out: pb.Row) -> pb.Row:
     if row.bucket is not None:
-        set_timestamp(out.bucket, row.bucket)
+        _set_bucket(out.bucket, row.bucket)
     for k, v in row.keys.items():
         set_value(out.keys[str(k)], v)
-    if isinstance(row.value, int) and not isinstance(row.value, bool):
-        out.int_value = row.value
+    value = row.value
+    if type(value) is int:
+        out.int_value = value
     else:
-        out.double_value = float(row.value)
+        out.double_value = float(value)
     return out
+
+
+def rows_to_pb(rows: Iterable[Any], out: Any) -> None:
+    """Append result rows to a repeated Row field (the hot loop of Query responses)."""
+    add = out.add
+    for row in rows:
+        value = row.value
+        r = add(int_value=value) if type(value) is int else add(double_value=float(value))
+        if row.bucket is not None:
+            _set_bucket(r.bucket, row.bucket)
+        if row.keys:
+            for k, v in row.keys.items():
+                set_value(r.keys[str(k)], v)
 
 
 def query_result_to_pb(result: Any, q: Any) -> pb.QueryResponse:
@@ -276,8 +298,7 @@ def query_result_to_pb(result: Any, q: Any) -> pb.QueryResponse:
         group_by=list(q.group_by),
         metric=q.metric,
     )
-    for row in result.rows:
-        row_to_pb(row, out.rows.add())
+    rows_to_pb(result.rows, out.rows)
     return out
 
 

@@ -154,13 +154,39 @@ routes:
     upstream: {module_url}
 telemetry: {{path: {json.dumps(str(data_dir / 'events'))}}}
 grpc: {{listen: 127.0.0.1:{grpc_port}}}
+auth:
+  backend: file
+  users_file: {json.dumps(str(data_dir / 'users.yaml'))}
+  accounts: {{group_pattern: '^(?P<org>[a-z0-9]+)-(?P<role>admins|members)$', roles: {{admins: admin, members: member}}}}
+access_control:
+  default_policy: bypass
+  rules:
+    - {{id: members, path_prefixes: [/members/], groups: [members], policy: authenticated}}
+    - {{id: members-only, path_prefixes: [/members/], policy: deny}}
+    - {{id: dashboard, path_prefixes: [/_portico/dashboard], policy: authenticated}}
 """
+
+
+DEMO_USERS = (("alice", "alice-demo", ("members", "demo-members")), ("bob", "bob-demo", ("demo-admins",)))
+"""The demo's users.yaml: alice may open /members/, bob may not (he gets the 403 page)."""
+
+
+def ensure_demo_users(path: Path) -> None:
+    """Write the demo users (scrypt hashes) unless the file exists; passwords are printed at start."""
+    if path.exists():
+        return
+    from auth.users import UsersFile
+
+    users = UsersFile(path, must_exist=False)
+    for name, password, groups in DEMO_USERS:
+        users.add(name, password, display_name=name.title(), email=f"{name}@demo.example", groups=groups)
 
 
 def prepare(port: int, data_dir: str | Path, grpc_port: int = 50051) -> tuple[PorticoConfig, DemoModule]:
     """Start the demo module and build the gateway's configuration for it."""
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
+    ensure_demo_users(data / "users.yaml")
     module = DemoModule().start()
     config = parse_config(demo_config_text(port, module.url, data, grpc_port), data / "demo.yaml")
     return config, module
@@ -187,5 +213,7 @@ def print_welcome(gateway: Any, module: DemoModule, out: TextIO) -> None:
           f"  Module:   {module.url} (the demo upstream, behind the gateway)\n"
           f"  Data:     {gateway.config.telemetry.path}\n"
           f"  gRPC API: 127.0.0.1:{gateway.grpc_port}  (try: portico stats)\n"
+          f"  Sign in:  {url}/_portico/login  as "
+          + ", ".join(f"{n} / {p}" for n, p, _ in DEMO_USERS) + " (only alice may open /members/)\n"
           "  Stop:     Ctrl-C\n\nA first visitor is browsing:", file=out, flush=True)
     threading.Thread(target=warm_up, args=(url, out), daemon=True, name="demo-warm-up").start()

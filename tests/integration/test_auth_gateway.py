@@ -490,3 +490,22 @@ def test_login_and_account_events_reach_the_store(upstream, tmp_path):
             assert joined.count("alice") == 1
     finally:
         own.stop()
+
+
+def test_demo_users_and_members_area(tmp_path):
+    from proxy import demo
+
+    config, module = demo.prepare(0, tmp_path / "demo", 0)
+    try:
+        with GatewayThread(config) as gateway:
+            assert request(gateway.url, "/")[0] == 200
+            assert request(gateway.url, "/members/", headers=HTML)[0] == 302
+            (alice, alice_pw, _), (bob, bob_pw, _) = demo.DEMO_USERS
+            _, headers, _ = login(gateway, alice, alice_pw, "/members/")
+            status, _, body = request(gateway.url, "/members/", headers={"Cookie": session_cookie(headers)})
+            assert status == 200 and b"Hello, alice" in body
+            _, headers, _ = login(gateway, bob, bob_pw, "/members/")
+            status, _, _ = request(gateway.url, "/members/", headers={"Cookie": session_cookie(headers)})
+            assert status == 403
+    finally:
+        module.stop()

@@ -15,6 +15,7 @@
   // Okabe-Ito: distinguishable with the common colour-vision deficiencies
   const PALETTE = ['#0072B2', '#E69F00', '#009E73', '#D55E00', '#CC79A7', '#56B4E9', '#8C7A00', '#000000'];
   const MAX_PAGES = 20;
+  const TOP = 12;
   const VIEWS = ['overview', 'accounts', 'enrolments', 'outreach', 'funnel', 'map', 'security'];
   const PAGE_KEYS = ['from', 'to', 'interval', 'tz', 'near', 'bbox', 'org', 'project', 'supply', 'need', 'touch',
     'series', 'within', 'by', 'geo_precision', 'maptype'];
@@ -266,7 +267,7 @@
     const rows = data.rows.slice().sort((a, b) => b.value - a.value);
     if (opts.stackKey) {
       const main = by.filter((k) => k !== opts.stackKey);
-      const cats = [...new Set(rows.map((r) => main.map((k) => keyText(r.keys[k])).join(' · ')))];
+      const cats = [...new Set(rows.map((r) => main.map((k) => keyText(r.keys[k])).join(' · ')))].slice(0, TOP);
       const stacks = [...new Set(rows.map((r) => keyText(r.keys[opts.stackKey])))];
       const value = (cat, st) => rows.filter((r) => main.map((k) => keyText(r.keys[k])).join(' · ') === cat && keyText(r.keys[opts.stackKey]) === st)
         .reduce((a, r) => a + r.value, 0);
@@ -274,23 +275,22 @@
       c.ready();
       drawChart(c, 'bar', cats, sets, { horizontal: true, stacked: true, unit: opts.unit });
     } else {
-      const labels = rows.map((r) => by.map((k) => keyText(r.keys[k])).join(' · '));
+      // the chart draws the largest TOP; the table and the CSV hold every row
+      const top = rows.slice(0, TOP);
+      const labels = top.map((r) => by.map((k) => keyText(r.keys[k])).join(' · '));
       c.ready();
-      drawChart(c, 'bar', labels, [{ name: opts.name || data.metric, values: rows.map((r) => r.value) }], { horizontal: true, unit: opts.unit });
+      drawChart(c, 'bar', labels, [{ name: opts.name || data.metric, values: top.map((r) => r.value) }], { horizontal: true, unit: opts.unit });
+      if (rows.length > TOP) c.plot.setAttribute('title', 'Largest ' + TOP + ' of ' + rows.length + ' shown; the table and CSV have all');
     }
     renderTable(c, [...by, data.metric], rows.map((r) => [...by.map((k) => keyText(r.keys[k])), { raw: r.value, text: fmtNumber(r.value, opts.unit) }]),
       [...by.map(() => false), true]);
     return data;
   }
 
-  async function run(c, fn) {
+  function run(c, fn) {
     const gen = generation;
     c.loading();
-    try {
-      await fn();
-    } catch (e) {
-      if (gen === generation) c.error(e);
-    }
+    return Promise.resolve().then(fn).catch((e) => { if (gen === generation) c.error(e); });
   }
 
   // ---- views ------------------------------------------------------------------------------
@@ -372,7 +372,7 @@
     for (const [id, title, attr] of tops) {
       const c = card(id, title);
       main.append(c.root);
-      run(c, () => barsChart(c, withFilters({ type: 'request', by: attr, interval: 'none', order: 'value_desc', limit: 10 }), { name: 'requests' }));
+      run(c, () => barsChart(c, withFilters({ type: 'request', by: attr, interval: 'none', order: 'value_desc' }), { name: 'requests' }));
     }
   }
 
@@ -397,9 +397,29 @@
     const c = card('enrolments', 'Enrolments: enrolled and unenrolled', { full: true });
     main.append(c.root);
     run(c, () => seriesChart(c, presetParams(Object.assign({ preset: 'enrolments', interval: interval() }, extra)), { type: 'bar', stacked: true }));
-    const s = card('supplies', 'Supplies offered (total)');
+    const s = card('supplies', 'Supplies: enrolments offering each');
     main.append(s.root);
-    run(s, () => barsChart(s, presetParams(Object.assign({ type: 'enrolment.enrolled', by: 'supplies', metric: 'sum:supplies', interval: 'none', order: 'value_desc' }, extra)), { name: 'total' }));
+    const totals = card('supply_totals', 'Supplies: totals (e.g. hours)', { csv: false, noCanvas: true, tableOpen: true });
+    totals.plot.remove();
+    main.append(totals.root);
+    const supplyNames = run(s, () => barsChart(s, presetParams(Object.assign({ type: 'enrolment.enrolled', by: 'supplies', interval: 'none', order: 'value_desc' }, extra)), { name: 'enrolments' }));
+    run(totals, async () => {
+      await supplyNames;
+      const names = [...s.root.querySelectorAll('tbody tr td:first-child')].map((td) => td.textContent).filter((n) => n !== '(none)').slice(0, TOP);
+      if (!names.length) { totals.empty('No supplies recorded for these filters.'); return; }
+      const grid = el('div', { class: 'kpis' });
+      const results = await Promise.all(names.map((n) => {
+        const p = presetParams(Object.assign({ type: 'enrolment.enrolled', metric: 'sum:supplies.' + n, interval: 'none' }, extra));
+        return queryAll(p).then((d) => [n, d, p]);
+      }));
+      grid.replaceChildren(...results.map(([n, d, p]) => {
+        const v = d.rows.reduce((a, r) => a + (r.value || 0), 0);
+        return el('div', { class: 'kpi', 'data-kpi': 'supply:' + n, 'data-value': String(v) }, el('div', { class: 'label' }, n),
+          el('div', { class: 'value' }, fmtNumber(v)), el('a', { class: 'csv', href: API + 'query.csv?' + p.toString(), download: 'portico-supply-' + n + '.csv' }, 'CSV'));
+      }));
+      totals.table.replaceChildren(grid);
+      totals.ready();
+    });
     const n = card('needs', 'Needs (count)');
     main.append(n.root);
     run(n, () => barsChart(n, presetParams(Object.assign({ type: 'enrolment.enrolled', by: 'needs', interval: 'none', order: 'value_desc' }, extra)), { name: 'enrolments' }));

@@ -59,7 +59,7 @@ from addons.recorder import Recorder
 from auth.errors import (Banned, DirectoryUnavailable, InvalidCredentials, RegulationStoreError,
                          SessionError, SessionExpired)
 from auth.identity import Authenticator, Identity
-from auth.sessions import SessionManager, safe_redirect_target
+from auth.sessions import Session, SessionManager, safe_redirect_target
 from auth.throttle import Regulator
 
 log = logging.getLogger("portico.auth")
@@ -158,6 +158,11 @@ class Auth:
         self._recent: dict[str, float] = {}  # username -> last fresh login (Basic/proxy)
         self._gone: set[str] = set()  # users the directory no longer knows: sessions refused
         self._task: asyncio.Task[None] | None = None
+        self._cookie_prefix = settings.cookie_name.encode() + b"="
+        self._header_names = frozenset(n.lower().encode() for n in (
+            settings.header_user, settings.header_groups, settings.header_email, settings.header_name))
+        self._header_pairs: dict[Identity, tuple[tuple[bytes, bytes], ...]] = {}
+        self._verified: dict[str, Session] = {}  # token -> verified session (signature checked)
         prefix = settings.reserved_prefix
         self.login_path = prefix + "login"
         self.logout_path = prefix + "logout"
@@ -296,6 +301,7 @@ class Auth:
             self._logout(flow)
             return
         identity: Identity | None = None
+        token = self._take_session_cookie(flow)
         header = flow.request.headers.get("authorization", "")
         if self.settings.basic and header[:6].lower() == "basic ":
             creds = parse_basic(header)
@@ -306,19 +312,30 @@ class Auth:
             if identity is None:
                 return
             del flow.request.headers["authorization"]
-        else:
-            identity = self._from_cookie(flow)
-        self._strip_session_cookie(flow)
+        elif token:
+            identity = self._from_cookie(flow, token)
         if identity is not None:
             self._identify(flow, identity, upstream_headers=True)
 
-    def _from_cookie(self, flow: http.HTTPFlow) -> Identity | None:
-        token = flow.request.cookies.get(self.settings.cookie_name)
-        if not token:
-            return None
+    def _verify(self, token: str) -> Session:
+        """`SessionManager.verify` with a small cache of verified tokens: the signature of a
+        token never changes, so a hit only re-checks the two expiry times (same rules)."""
+        now = self._clock()
+        hit = self._verified.get(token)
+        if hit is not None and now < hit.expires_at and \
+                now < hit.last_seen + self.sessions.settings.inactivity_timeout:
+            return hit
+        session = self.sessions.verify(token, now=now)
+        if len(self._verified) >= 10_000:
+            self._verified.clear()
+        self._verified[token] = session
+        return session
+
+    def _from_cookie(self, flow: http.HTTPFlow, token: str) -> Identity | None:
         try:
-            session = self.sessions.verify(token)
+            session = self._verify(token)
         except SessionExpired as e:
+            self._verified.pop(token, None)
             log.info("request %s: session expired (%s)", flow.metadata.get(metadata.REQUEST_ID), e.reason)
             self._cookies[flow.id] = self._clear_cookie(flow)
             return None
@@ -349,17 +366,32 @@ class Auth:
             return current
         return identity
 
-    def _strip_session_cookie(self, flow: http.HTTPFlow) -> None:
-        name = self.settings.cookie_name
-        values = flow.request.headers.get_all("cookie")
-        if not values or not any(name in v for v in values):
-            return
-        kept = [p.strip() for v in values for p in v.split(";")
-                if p.strip() and p.split("=", 1)[0].strip() != name]
-        if kept:
-            flow.request.headers["cookie"] = "; ".join(kept)
-        else:
-            del flow.request.headers["cookie"]
+    def _take_session_cookie(self, flow: http.HTTPFlow) -> str | None:
+        """The session token, removed from the request's `Cookie` header(s) on the way.
+
+        Works on the raw header fields: this runs on every request, and one pass over a
+        few byte strings is several times cheaper than mitmproxy's cookie parsing."""
+        fields = flow.request.headers.fields
+        name = self._cookie_prefix
+        if not any(k.lower() == b"cookie" and name in v for k, v in fields):
+            return None
+        token: str | None = None
+        kept: list[tuple[bytes, bytes]] = []
+        for k, v in fields:
+            if k.lower() != b"cookie" or name not in v:
+                kept.append((k, v))
+                continue
+            parts = []
+            for part in v.split(b";"):
+                stripped = part.strip()
+                if stripped.startswith(name):
+                    token = stripped[len(name):].decode("latin-1") if token is None else token
+                elif stripped:
+                    parts.append(stripped)
+            if parts:
+                kept.append((k, b"; ".join(parts)))
+        flow.request.headers.fields = tuple(kept)
+        return token
 
     def _identify(self, flow: http.HTTPFlow, identity: Identity, *, upstream_headers: bool) -> None:
         flow.metadata[metadata.USER] = identity.username
@@ -367,14 +399,18 @@ class Auth:
         flow.metadata[metadata.DO_NOT_CACHE] = "auth:user"
         if not upstream_headers:
             return
-        s, headers = self.settings, flow.request.headers
-        values = {s.header_user: identity.username, s.header_groups: ",".join(identity.groups),
-                  s.header_email: identity.email, s.header_name: identity.display_name}
-        for name, value in values.items():
-            if name in headers:
-                del headers[name]
-            if value:
-                headers[name] = _header_value(value)
+        pairs = self._header_pairs.get(identity)
+        if pairs is None:
+            s = self.settings
+            values = ((s.header_user, identity.username), (s.header_groups, ",".join(identity.groups)),
+                      (s.header_email, identity.email), (s.header_name, identity.display_name))
+            pairs = tuple((n.encode(), _header_value(v).encode("utf-8")) for n, v in values if v)
+            if len(self._header_pairs) > 10_000:
+                self._header_pairs.clear()
+            self._header_pairs[identity] = pairs
+        # replace any copy of our header names (Forwarded strips the usual ones; names are configurable)
+        flow.request.headers.fields = tuple(
+            f for f in flow.request.headers.fields if f[0].lower() not in self._header_names) + pairs
 
     # --- login and logout ---------------------------------------------------------------
 

@@ -292,3 +292,29 @@ def test_layouts_have_no_horizontal_overflow(admin, dash, artifacts, width, heig
             assert labels[0] == "5/10"
     finally:
         admin.call("Emulation.clearDeviceMetricsOverride")
+
+
+def test_enrolments_are_stacked_by_type_with_the_store_totals(admin, dash):
+    admin.goto(view_url(dash, view="enrolments", org="globex"))
+    admin.settled()
+    headers = admin.js("[...document.querySelectorAll('[data-chart=enrolments] thead th')].map(t => t.textContent)")
+    assert headers[1:] == ["enrolment.enrolled", "enrolment.unenrolled"]
+    rows = store_rows(dash, preset="enrolments", org="globex")
+    assert sum(float(v) for r in admin.table("enrolments") for v in r[1:]) == sum(r.value for r in rows) > 0
+    totals = admin.js("Object.fromEntries([...document.querySelectorAll('[data-kpi^=\"supply:\"]')]"
+                      ".map(e => [e.dataset.kpi.slice(7), Number(e.dataset.value)]))")
+    for name, value in totals.items():
+        expected = store_rows(dash, type="enrolment.enrolled", metric=f"sum:supplies.{name}", interval="none",
+                              org="globex")
+        assert value == sum(r.value for r in expected)
+    assert set(totals) == {"Childcare", "Meals", "Transport"}
+
+
+def test_page_is_light_and_everything_comes_from_the_gateway(admin, dash):
+    admin.goto(view_url(dash, view="map"))
+    admin.settled()
+    resources = admin.js("performance.getEntriesByType('resource').concat(performance.getEntriesByType('navigation'))"
+                         ".map(e => [e.name, e.encodedBodySize || 0])")
+    assert all(name.startswith(dash.url + "/") for name, _ in resources), resources
+    static = sum(size for name, size in resources if "/static/" in name or name.split("?")[0].endswith("/dashboard/"))
+    assert static < 150_000, static  # gzip: Chart.js ~70 KB, map ~21 KB, our JS/CSS/HTML ~15 KB

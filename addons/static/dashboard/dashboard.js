@@ -241,8 +241,8 @@
 
   /** A time series chart (line or stacked bars) of one query, grouped by `by` keys. */
   async function seriesChart(c, params, opts = {}) {
-    const by = params.getAll('by');
     const data = await queryAll(params);
+    const by = data.group_by || [];  // the query's grouping (a preset adds "type")
     c.setCsv('query', params);
     if (!data.rows.length || data.rows.every((r) => !r.value)) { c.empty(); return data; }
     const pv = pivot(data, by);
@@ -260,8 +260,8 @@
 
   /** Horizontal bars: totals (interval none) by one or more keys, largest first. */
   async function barsChart(c, params, opts = {}) {
-    const by = params.getAll('by');
     const data = await queryAll(params);
+    const by = (data.group_by || []).filter((k) => k !== 'type' || !params.get('preset') || opts.stackKey === 'type');
     c.setCsv('query', params);
     if (!data.rows.length) { c.empty(); return data; }
     const rows = data.rows.slice().sort((a, b) => b.value - a.value);
@@ -539,7 +539,10 @@
     const topo = await resp.json();
     const geo = window.topojson.feature(topo, topo.objects.land);
     const parts = [];
-    const ring = (r) => 'M' + r.map(([lon, lat]) => (lon + 180).toFixed(2) + ',' + (90 - lat).toFixed(2)).join('L') + 'Z';
+    // a ring that crosses the antimeridian jumps ~360 degrees: start a new subpath there
+    // instead of drawing a line across the whole map
+    const ring = (r) => r.map(([lon, lat], i) => (i && Math.abs(lon - r[i - 1][0]) > 180 ? 'M' : i ? 'L' : 'M')
+      + (lon + 180).toFixed(2) + ',' + (90 - lat).toFixed(2)).join('') + 'Z';
     for (const f of geo.features || [geo]) {
       const g = f.geometry;
       const polys = g.type === 'Polygon' ? [g.coordinates] : g.type === 'MultiPolygon' ? g.coordinates : [];

@@ -45,3 +45,16 @@ def server(store) -> Iterator[ServerThread]:
 def stub(server) -> Iterator[pb_grpc.AnalyticsStub]:
     with grpc.insecure_channel(server.address) as channel:
         yield pb_grpc.AnalyticsStub(channel)
+
+
+def settle(store) -> None:
+    """Wait until recorded events are visible to queries.
+
+    Store.flush can return early right after Record answered: the writer resolves the
+    callers' futures before it counts the batch as handed to the follower (reported to the
+    telemetry owner). The short sleep lets the writer get past that window first.
+    """
+    import time
+
+    time.sleep(0.05)
+    store.flush(timeout=10)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import main
+from tests.proto.conftest import settle
 from tests.proto.data import jsonl, sample_events
 
 RANGE = ["--from", "2026-11-01", "--to", "2026-11-11"]
@@ -23,7 +24,7 @@ def recorded(tmp_path, server, store, capsys):
     path.write_text(jsonl(events))
     assert main(["events", "record", str(path), "--server", server.address, "--batch-size", "150"]) == 0
     assert capsys.readouterr().out == "accepted 400, duplicates 0, rejected 0\n"
-    store.flush(timeout=10)
+    settle(store)
     return events
 
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from proto.portico.v1 import analytics_pb2 as pb
-from tests.proto.conftest import to_pb
+from tests.proto.conftest import settle, to_pb
 from tests.proto.data import START, sample_events
 
 END = START + timedelta(days=10)
@@ -37,7 +37,7 @@ def loaded(stub, store):
     events = sample_events(600)
     resp = stub.Record(pb.RecordRequest(events=to_pb(events)), timeout=30)
     assert (resp.accepted, resp.duplicates, len(resp.errors)) == (600, 0, 0)
-    store.flush(timeout=10)
+    settle(store)
     return events
 
 
@@ -200,7 +200,7 @@ def test_funnel(stub, store):
             events.append({"id": f"f{i}{s}", "time": (t + timedelta(minutes=10 * s)).isoformat(),
                            "type": etype, "attrs": {"user": f"u{i}"}})
     stub.Record(pb.RecordRequest(events=to_pb(events)), timeout=10)
-    store.flush(timeout=10)
+    settle(store)
     request = pb.FunnelRequest(start=ts(START), end=ts(END),
                                steps=[pb.FunnelStep(type=x) for x in ("visit", "signup", "purchase")])
     request.within.FromTimedelta(timedelta(hours=1))

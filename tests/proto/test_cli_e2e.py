@@ -148,3 +148,14 @@ def test_console_script_in_a_subprocess(server, recorded):
     assert done.returncode == 0, done.stderr
     assert sum(r["value"] for r in json.loads(done.stdout)["rows"]) == sum(
         1 for e in recorded if e["type"].startswith("user."))
+
+
+def test_export_progress_bar_only_when_asked_or_on_a_terminal(tmp_path, server, recorded, capsys):
+    out = tmp_path / "q.csv"
+    args = ["export", *RANGE, "--by", "org", "--interval", "hour", "--output", str(out), "--server", server.address]
+    assert main(args) == 0  # stderr is not a terminal under pytest: no bar
+    assert capsys.readouterr().err == ""
+    assert main([*args, "--progress", "always"]) == 0
+    err = capsys.readouterr().err
+    rows = len(out.read_text().splitlines()) - 1
+    assert err.startswith("\r[") and err.endswith(f"{rows:>10,} / {rows:,} rows 100%\n")

@@ -56,6 +56,7 @@ from addons import metadata
 from addons.accounts import AccountLedger, AccountMapping
 from addons.pages import SERVER_HEADER, error_response, wants_json
 from addons.recorder import Recorder
+from auth.cache import CredentialCache
 from auth.errors import (Banned, DirectoryUnavailable, InvalidCredentials, RegulationStoreError,
                          SessionError, SessionExpired)
 from auth.identity import Authenticator, Identity
@@ -89,6 +90,7 @@ class AuthSettings:
     group_refresh_interval: float = 150.0  # seconds; 0: off (LDAP backend only)
     directory_check_interval: float = 3600.0  # seconds between `user.left` checks; 0: off
     login_event_interval: float = 300.0  # Basic/proxy: one auth.login per user per interval
+    credential_cache_ttl: float = 60.0  # file backend: successful Basic logins remembered (HMAC keyed)
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
@@ -163,6 +165,10 @@ class Auth:
             settings.header_user, settings.header_groups, settings.header_email, settings.header_name))
         self._header_pairs: dict[Identity, tuple[tuple[bytes, bytes], ...]] = {}
         self._verified: dict[str, Session] = {}  # token -> verified session (signature checked)
+        # backends without their own credential cache (users.yaml: scrypt costs ~0.1 s) get
+        # one here, so API clients sending Basic on every request don't pay it every time
+        self._credentials = (None if hasattr(backend, "credentials")
+                             else CredentialCache(settings.credential_cache_ttl))
         prefix = settings.reserved_prefix
         self.login_path = prefix + "login"
         self.logout_path = prefix + "logout"
@@ -495,7 +501,13 @@ class Auth:
         """Blocking: regulation check, then the backend (one thread hop for both)."""
         if self.regulator is not None:
             self.regulator.check(username, ip)
-        return self.backend.authenticate(username, password)
+        if self._credentials is None:
+            return self.backend.authenticate(username, password)
+        identity = self._credentials.get(username, password)
+        if identity is None:
+            identity = self.backend.authenticate(username, password)
+            self._credentials.put(username, password, identity)
+        return identity
 
     async def _authenticate(self, flow: http.HTTPFlow, username: str, password: str, via: str,
                             nxt: str = "/") -> Identity | None:

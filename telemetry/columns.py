@@ -45,76 +45,119 @@ class Segment:
         return int(self.cols["@t"].max()) if self.n else 0
 
 
+def _code_column(vals: list[Any], n: int, code: Any) -> np.ndarray:
+    """uint32 codes of a column of hashable scalars/None (0 for None): one dict lookup per row."""
+    uniq = set(vals)
+    uniq.discard(None)
+    local = {v: code(v) for v in uniq}
+    local[None] = 0
+    return np.fromiter(map(local.__getitem__, vals), np.uint32, n)
+
+
 def build_segment(events: Sequence[Event], d: Dictionary) -> Segment:
-    """Columns for `events` (codes assigned in `d`; commit `d` before storing the segment)."""
+    """Columns for `events` (codes assigned in `d`; commit `d` before storing the segment).
+
+    Column at a time, not event at a time: one list comprehension per attribute name, then
+    a type census decides the column kinds; only lists, maps and mixed-type columns take
+    the per-value path.
+    """
     n = len(events)
     times = np.fromiter((e.time_us for e in events), np.int64, n)
     code = d.code
-    types = np.fromiter((code(e.type) for e in events), np.uint32, n)
-    scal: dict[str, tuple[list[int], list[Any]]] = {}
-    multi: dict[str, tuple[list[int], list[Any]]] = {}
-    for i, e in enumerate(events):
-        for k, v in e.attrs.items():
-            tv = type(v)
-            if tv is list:
-                ent = multi.get(k)
-                if ent is None:
-                    ent = multi[k] = ([], [])
-                ent[0].extend([i] * len(v))
-                ent[1].extend(v)
-            elif tv is dict:
-                ent = multi.get(k)
-                if ent is None:
-                    ent = multi[k] = ([], [])
-                ent[0].extend([i] * len(v))
-                ent[1].extend(v)
-                for mk, mv in v.items():
-                    name = f"{k}.{mk}"
-                    ent2 = scal.get(name)
-                    if ent2 is None:
-                        ent2 = scal[name] = ([], [])
-                    ent2[0].append(i)
-                    ent2[1].append(mv)
-            else:
-                ent = scal.get(k)
-                if ent is None:
-                    ent = scal[k] = ([], [])
-                ent[0].append(i)
-                ent[1].append(v)
+    attrs = [e.attrs for e in events]
+    types = _code_column([e.type for e in events], n, code)
+    names: set[str] = set()
+    for a in attrs:
+        names.update(a)
     cols: dict[str, np.ndarray] = {"@t": times, "@y": types}
-    for name, (rows, vals) in scal.items():
+    nan = float("nan")
+    for name in names:
+        vals = [a.get(name) for a in attrs]
         kinds = set(map(type, vals))
-        ridx = np.array(rows, dtype=np.int64)
-        if kinds == {str} or kinds == {bool} or kinds == {str, bool}:
-            c = np.zeros(n, np.uint32)
-            c[ridx] = np.fromiter(map(code, vals), np.uint32, len(vals))
-            cols["c:" + name] = c
-            continue
-        if kinds == {float} or kinds == {int} or kinds == {int, float}:
-            f = np.full(n, np.nan)
-            f[ridx] = np.array(vals, dtype=np.float64)
-            cols["f:" + name] = f
+        kinds.discard(type(None))
+        if kinds <= {str, bool}:
+            # booleans and strings never collide as dict keys (True == 1 only for ints)
+            cols["c:" + name] = _code_column(vals, n, code) if bool not in kinds else \
+                np.fromiter((code(v) if v is not None else 0 for v in vals), np.uint32, n)
+        elif kinds <= {int, float}:
+            cols["f:" + name] = np.fromiter((nan if v is None else v for v in vals), np.float64, n)
             if float not in kinds:
-                c = np.zeros(n, np.uint32)
-                c[ridx] = np.fromiter(map(code, vals), np.uint32, len(vals))
-                cols["c:" + name] = c
+                cols["c:" + name] = _code_column(vals, n, code)
+        else:
+            _mixed_column(name, vals, n, code, cols)
+    return Segment(n, cols)
+
+
+def _mixed_column(name: str, vals: list[Any], n: int, code: Any, cols: dict[str, np.ndarray]) -> None:
+    """Lists (members), maps (keys, plus one column per member) and mixed scalar types."""
+    c = np.zeros(n, np.uint32)
+    f = np.full(n, np.nan)
+    mrows: list[int] = []
+    mvals: list[Any] = []
+    members: dict[str, tuple[list[int], list[Any]]] = {}
+    for i, v in enumerate(vals):
+        if v is None:
             continue
+        tv = type(v)
+        if tv is list:
+            mrows.extend([i] * len(v))
+            mvals.extend(v)
+        elif tv is dict:
+            mrows.extend([i] * len(v))
+            mvals.extend(v)
+            for mk, mv in v.items():
+                ent = members.get(mk)
+                if ent is None:
+                    ent = members[mk] = ([], [])
+                ent[0].append(i)
+                ent[1].append(mv)
+        else:
+            if tv is not float:
+                c[i] = code(v)
+            if tv is int or tv is float:
+                f[i] = v
+    if c.any():
+        cols["c:" + name] = c
+    if not np.isnan(f).all():
+        cols["f:" + name] = f
+    if mrows:
+        cols["m:" + name] = np.concatenate([np.array(mrows, dtype=np.uint32),
+                                            np.fromiter(map(code, mvals), np.uint32, len(mvals))])
+    for mk, (rows, mv) in members.items():
+        full: list[Any] = [None] * n
+        for r, v in zip(rows, mv):
+            full[r] = v
+        sub = build_scalar_column(full, n, code)
+        for kind, arr in sub.items():
+            cols[f"{kind}:{name}.{mk}"] = arr
+
+
+def build_scalar_column(vals: list[Any], n: int, code: Any) -> dict[str, np.ndarray]:
+    kinds = set(map(type, vals))
+    kinds.discard(type(None))
+    out: dict[str, np.ndarray] = {}
+    if kinds <= {str}:
+        out["c"] = _code_column(vals, n, code)
+    elif kinds <= {int, float}:
+        out["f"] = np.fromiter((np.nan if v is None else v for v in vals), np.float64, n)
+        if float not in kinds:
+            out["c"] = _code_column(vals, n, code)
+    else:
         c = np.zeros(n, np.uint32)
         f = np.full(n, np.nan)
-        for r, v in zip(rows, vals):
+        for i, v in enumerate(vals):
+            if v is None:
+                continue
             tv = type(v)
             if tv is not float:
-                c[r] = code(v)
+                c[i] = code(v)
             if tv is int or tv is float:
-                f[r] = v
+                f[i] = v
         if c.any():
-            cols["c:" + name] = c
+            out["c"] = c
         if not np.isnan(f).all():
-            cols["f:" + name] = f
-    for name, (rows, vals) in multi.items():
-        codes = np.fromiter(map(code, vals), np.uint32, len(vals))
-        cols["m:" + name] = np.concatenate([np.array(rows, dtype=np.uint32), codes])
-    return Segment(n, cols)
+            out["f"] = f
+    return out
 
 
 def concat(a: Segment, b: Segment) -> Segment:

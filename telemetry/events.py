@@ -12,7 +12,6 @@ Stored form (LMDB):
 
 from __future__ import annotations
 
-import base64
 import math
 import random
 import re
@@ -72,21 +71,28 @@ class Event:
 
 # ---- ids ------------------------------------------------------------------------------
 
-_B32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _CROCKFORD = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_B32_TO_CROCKFORD = bytes.maketrans(_B32, _CROCKFORD)
 _rand = random.Random()
+
+
+_PAIRS = [a + b for a in _CROCKFORD.decode() for b in _CROCKFORD.decode()]   # 10 bits -> 2 symbols
+_prefix_cache: list = [-1, ""]
 
 
 def new_id(time_us: int | None = None) -> str:
     """A 26-character, time-ordered id (48 bits of milliseconds + 80 random bits), like a ULID.
 
-    Lexicographic order of ids follows creation time, which keeps the id index append-mostly.
+    Crockford base32 keeps ASCII order, so ids sort by creation time and the id index stays
+    append-mostly.
     """
     ms = (time_us // 1000) if time_us is not None else _time.time_ns() // 1_000_000
-    raw = ms.to_bytes(6, "big") + _rand.getrandbits(80).to_bytes(10, "big")
-    # base32 of 16 bytes is 26 symbols + padding; the Crockford alphabet keeps ASCII order.
-    return base64.b32encode(raw)[:26].translate(_B32_TO_CROCKFORD).decode("ascii")
+    if _prefix_cache[0] != ms:
+        # 2 zero bits + 48 bits of time = 50 bits = 10 symbols
+        _prefix_cache[0], _prefix_cache[1] = ms, "".join(_PAIRS[(ms >> s) & 1023] for s in (40, 30, 20, 10, 0))
+    r = _rand.getrandbits(80)
+    p = _PAIRS
+    return (_prefix_cache[1] + p[r >> 70] + p[(r >> 60) & 1023] + p[(r >> 50) & 1023] + p[(r >> 40) & 1023]
+            + p[(r >> 30) & 1023] + p[(r >> 20) & 1023] + p[(r >> 10) & 1023] + p[r & 1023])
 
 
 # ---- validation -----------------------------------------------------------------------
@@ -135,12 +141,41 @@ def _check_key(path: str, k: Any) -> None:
                                "(write {\"supplies\": {\"Childcare\": 5}}, queried as supplies.Childcare)")
 
 
+_good_keys: set[str] = set()
+
+
 def check_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Validate attributes; returns a plain dict (the same values, normalised).
+
+    The common case (plain strings, in-range ints, finite floats, booleans under known-good
+    names) costs one type test per value; anything else takes the careful path below.
 
     Raises:
         EventError: naming the attribute path (attrs.NAME, attrs.NAME[i], attrs.NAME.KEY).
     """
+    if type(attrs) is dict and len(attrs) <= MAX_ATTRS:
+        good = _good_keys
+        for k, v in attrs.items():
+            tv = type(v)
+            if k not in good:
+                break
+            if tv is str:
+                if len(v) > MAX_STRING_LEN:
+                    break
+            elif tv is int:
+                if not INT_MIN <= v <= INT_MAX:
+                    break
+            elif tv is float:
+                if v - v != 0.0:      # inf or nan
+                    break
+            elif tv is not bool:
+                break
+        else:
+            return dict(attrs)
+    return _check_attrs_slow(attrs)
+
+
+def _check_attrs_slow(attrs: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(attrs, Mapping):
         raise EventError("attrs", f"expected a map of attribute names to values, got {type(attrs).__name__}")
     if len(attrs) > MAX_ATTRS:
@@ -148,11 +183,6 @@ def check_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in attrs.items():
         t = type(v)
-        # fast path for the common, already-plain values
-        if t is str and len(v) <= MAX_STRING_LEN and type(k) is str and 0 < len(k) <= MAX_KEY_LEN \
-                and "." not in k and k not in RESERVED_ATTRS:
-            out[k] = v
-            continue
         path = f"attrs.{k}"
         _check_key("attrs", k)
         if k in RESERVED_ATTRS:
@@ -175,6 +205,8 @@ def check_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
             out[k] = m
         else:
             out[k] = _check_scalar(path, v)
+        if len(_good_keys) < 10_000:
+            _good_keys.add(k)
     return out
 
 

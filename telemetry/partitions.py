@@ -116,7 +116,9 @@ class Partition:
         self.readonly = readonly
         self.events = open_env(self.events_path, map_size, sync=sync, readonly=readonly)
         try:
-            self.derived = open_env(self.derived_path, map_size, sync=sync, readonly=readonly)
+            # Derived files are rebuilt from the rows when lost (delete them and reopen), so
+            # they skip fsync: a killed process loses nothing, an OS crash at worst needs a rebuild.
+            self.derived = open_env(self.derived_path, map_size, sync=False, readonly=readonly)
         except StoreIOError:
             if not readonly:
                 raise

@@ -50,6 +50,8 @@ DEFAULT_DIMENSIONS = ("org", "project", "path", "referrer_host", "status", "cach
 INDEXED = ("user", "session")          # key-only secondary indexes
 MAX_PENDING = 1_000_000                # events queued for the writer before submit refuses
 FOLLOW_CHUNK = columns.SEG_ROWS
+FOLLOW_DELAY = 0.25                    # seconds the follower waits to gather a bigger chunk
+TAIL_MERGE = columns.SEG_ROWS // 4     # a tail segment smaller than this absorbs the next chunk
 RETENTION_EVERY = 3600.0
 _SEQ = b"seq"
 _WM = b"wm"
@@ -181,6 +183,7 @@ class Store:
         self._handed = 0          # events handed to the follower
         self._followed = 0        # events folded into derived files
         self._follow_error: BaseException | None = None
+        self._flush_now = False
         self._class_of: dict[str, str] = {}
         self._last_retention = 0.0
         self.dictionary: Dictionary
@@ -402,13 +405,21 @@ class Store:
 
     def _write(self, batch: list[_Pending]) -> None:
         groups: dict[str, tuple[Partition, list[tuple[_Pending, Event]]]] = {}
+        class_of = self._class_of
+        cur_key: tuple[str, int, int] | None = None
+        cur_items: list[tuple[_Pending, Event]] = []
         for p in batch:
             for e in p.events:
-                part = self._partition(self._class(e.type), e.time_us)
-                g = groups.get(part.name.stem)
-                if g is None:
-                    g = groups[part.name.stem] = (part, [])
-                g[1].append((p, e))
+                cls = class_of.get(e.type) or self._class(e.type)
+                t = e.time_us
+                if cur_key is None or cls != cur_key[0] or not cur_key[1] <= t < cur_key[2]:
+                    part = self._partition(cls, t)
+                    g = groups.get(part.name.stem)
+                    if g is None:
+                        g = groups[part.name.stem] = (part, [])
+                    cur_key = (cls, part.name.start_us, part.name.end_us)
+                    cur_items = g[1]
+                cur_items.append((p, e))
         handed: list[tuple[str, list[tuple[bytes, Event]]]] = []
         try:
             for stem, (part, items) in groups.items():
@@ -522,6 +533,11 @@ class Store:
             return int.from_bytes(raw, "big") if raw else 0
 
     def _follower_loop(self) -> None:
+        """Fold committed rows in chunks: up to FOLLOW_CHUNK events or FOLLOW_DELAY of waiting.
+
+        Bigger chunks mean fewer, larger segments and fewer rollup read-modify-writes; the
+        delay bounds how stale queries can be (well under the 2 s target).
+        """
         while True:
             with self._follow_cond:
                 while not self._follow and not (self._closed and self._writer is not None
@@ -529,6 +545,10 @@ class Store:
                     self._follow_cond.wait(timeout=0.5)
                 if not self._follow:
                     return
+                first_seen = time.monotonic()
+                while (self._pending_follow() < FOLLOW_CHUNK and not self._flush_now and not self._closed
+                       and time.monotonic() - first_seen < FOLLOW_DELAY):
+                    self._follow_cond.wait(timeout=FOLLOW_DELAY / 4)
                 work: dict[str, list[tuple[bytes, Event]]] = {}
                 n = 0
                 while self._follow and n < FOLLOW_CHUNK:
@@ -543,6 +563,9 @@ class Store:
                 with self._follow_cond:
                     self._followed += len(rows)
                     self._follow_cond.notify_all()
+
+    def _pending_follow(self) -> int:
+        return self._handed - self._followed
 
     def _fold(self, part: Partition, rows: list[tuple[bytes, Event]]) -> None:
         """Fold committed rows into the partition's segment, rollups and indexes."""
@@ -574,7 +597,7 @@ class Store:
                     if tail_raw is not None:
                         tail = int.from_bytes(tail_raw, "big")
                         h = columns.read_header(txn, part.segs, tail)
-                        if h is not None and h["n"] + seg.n <= columns.SEG_ROWS:
+                        if h is not None and h["n"] < TAIL_MERGE and h["n"] + seg.n <= columns.SEG_ROWS:
                             merged = columns.concat(columns.read_segment(txn, part.segs, tail), seg)
                             target = tail
                     if target == nxt:
@@ -608,6 +631,9 @@ class Store:
                     raise TimeoutError(f"writer did not drain within {timeout} s")
                 self._cond.wait(timeout=0.01 if left is None else min(0.01, left))
         # the writer may still hold a batch: wait for its futures through the follower count
+        self._flush_now = True
+        with self._follow_cond:
+            self._follow_cond.notify_all()
         while True:
             with self._follow_cond:
                 if self._followed >= self._handed and not self._writer_busy():
@@ -617,6 +643,7 @@ class Store:
                     raise TimeoutError(f"rollups not caught up within {timeout} s "
                                        f"({self._handed - self._followed} events behind)")
                 self._follow_cond.wait(timeout=0.01)
+        self._flush_now = False
         if self._follow_error is not None:
             e, self._follow_error = self._follow_error, None
             raise e if isinstance(e, TelemetryError) else StoreIOError(f"follower failed: {e!r}")

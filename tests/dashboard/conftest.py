@@ -1,6 +1,8 @@
 """A real gateway (auth file backend, telemetry on, gRPC on) with a week of seeded events.
 
-Session-scoped: starting a gateway and seeding costs ~1 s, and no test writes events.
+Package-scoped: starting a gateway and seeding costs ~1 s, and no test writes events. Not
+session-scoped: only one gateway may run in a process at a time (mitmproxy's `ctx` is
+global), so it must be gone before other packages start theirs.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Dash:
         return status, (json.loads(body) if not name.endswith(".csv") or status != 200 else body)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
     tmp = tmp_path_factory.mktemp("dashboard")
     users = UsersFile(tmp / "users.yaml", must_exist=False)

@@ -8,9 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from addons.dashboard import decide_access, login_location
-from tests.dashboard.conftest import DASH, PREFIX, gateway_config
-from tests.dashboard.data import RANGE
-from tests.integration.harness import EchoUpstream, GatewayThread, request
+from tests.dashboard.conftest import DASH, PREFIX
+from tests.integration.harness import request
 
 
 @pytest.mark.parametrize(("user", "groups", "verdict"), [
@@ -62,6 +61,7 @@ def _flow(path, user=None, groups=None):
     (DASH, "bob", ("staff",), 403),
     (DASH + "api/query", "bob", ("staff",), 403),
     (DASH, "ada", ("admins",), 200),
+    (DASH + "api/query?type=x", "ada", ("admins",), 503),  # telemetry.enabled: false -> no store
     ("/_portico/dashboardx", "ada", ("admins",), None),  # not ours
     ("/elsewhere", None, None, None),
 ])
@@ -76,6 +76,13 @@ def test_addon_answers_by_itself_when_no_acl_ran(path, user, groups, status):
         assert f.response.headers["location"] == "/_portico/login?next=/_portico/dashboard/%3Fview%3Dmap"
     if status == 401:
         assert json.loads(f.response.content)["login"].startswith("/_portico/login?next=")
+    if status == 503:
+        assert "telemetry.enabled: false" in json.loads(f.response.content)["error"]["message"]
+
+
+# One gateway per process at a time: mitmproxy's `ctx` is process-global, and a second
+# master started beside the session gateway takes over its options. The disabled
+# dashboard is covered in test_config.py (not in the pipeline), telemetry off above.
 
 
 @pytest.mark.parametrize("path", ["", "static/dashboard.js", "api/query", "api/query.csv"])
@@ -122,29 +129,3 @@ def test_unknown_dashboard_path_and_post_are_refused(dash):
     assert dash.get("nothing-here")[0] == 404
     status, _, _ = request(dash.url, DASH, method="POST", headers={"Authorization": "Basic YWRhOmFkYS1wdw=="})
     assert status == 405
-
-
-def test_dashboard_without_telemetry_answers_503_json(tmp_path):
-    from auth.users import UsersFile
-    UsersFile(tmp_path / "users.yaml", must_exist=False).add("ada", "ada-pw", groups=("ops",), n=2**10)
-    upstream = EchoUpstream()
-    config = gateway_config(tmp_path, upstream.url, "dashboard: {admin_groups: [ops]}").replace(
-        "telemetry: {path", "telemetry: {enabled: false, path")
-    try:
-        with GatewayThread(config) as gw:
-            status, _, body = request(gw.url, DASH + "api/query?" + "&".join(f"{k}={v}" for k, v in RANGE.items()),
-                                      headers={"Authorization": "Basic YWRhOmFkYS1wdw=="})
-            assert status == 503 and "telemetry.enabled" in json.loads(body)["error"]["message"]
-    finally:
-        upstream.close()
-
-
-def test_disabled_dashboard_is_closed_by_endpoints(tmp_path):
-    from auth.users import UsersFile
-    UsersFile(tmp_path / "users.yaml", must_exist=False).add("ada", "ada-pw", groups=("admins",), n=2**10)
-    upstream = EchoUpstream()
-    try:
-        with GatewayThread(gateway_config(tmp_path, upstream.url, "dashboard: {enabled: false}")) as gw:
-            assert request(gw.url, DASH, headers={"Authorization": "Basic YWRhOmFkYS1wdw=="})[0] == 404
-    finally:
-        upstream.close()

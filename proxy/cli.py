@@ -12,10 +12,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from proxy import cli_analytics, cli_auth, cli_cache, cli_gateway, cli_guard, cli_outreach, cli_store
+from proxy import cli_access, cli_analytics, cli_auth, cli_cache, cli_gateway, cli_guard, cli_outreach, cli_store
 from proxy.cli_common import CliError
 
-SUBCOMMAND_MODULES = (cli_gateway, cli_store, cli_analytics, cli_auth, cli_cache, cli_guard, cli_outreach)
+SUBCOMMAND_MODULES = (cli_gateway, cli_store, cli_analytics, cli_auth, cli_cache, cli_guard, cli_outreach, cli_access)
 
 
 class _Parser(argparse.ArgumentParser):

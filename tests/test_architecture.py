@@ -88,3 +88,5 @@ def test_wheel_contains_every_package_and_the_console_script(tmp_path):
     for package in ("proxy", "addons", "telemetry", "auth", "proto"):
         assert f"{package}/__init__.py" in names
     assert not any(n.startswith("tests/") for n in names)
+    for asset in ("addons/static/login.html", "addons/static/portico.js"):
+        assert asset in names, f"{asset} missing from the wheel: add it to package-data"

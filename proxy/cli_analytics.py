@@ -678,5 +678,5 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         _dump(values)
     else:
-        print_table(("stat", "value"), list(values.items()), sys.stdout, numeric=(False, True))
+        print_table(("stat", "value"), list(values.items()), sys.stdout)
     return 0

@@ -197,7 +197,7 @@
   function destroy(c) { if (c.chart) { c.chart.destroy(); c.chart = null; } }
 
   function axisOptions(unit, stacked, horizontal) {
-    const valueAxis = { beginAtZero: true, stacked, ticks: { callback: (v) => (unit === '%' ? v + '%' : shortNumber(v)), maxTicksLimit: narrow() ? 5 : 8 } };
+    const valueAxis = { beginAtZero: true, stacked, ticks: { precision: unit ? undefined : 0, callback: (v) => (unit === '%' ? v + '%' : shortNumber(v)), maxTicksLimit: narrow() ? 5 : 8 } };
     const catAxis = { stacked, ticks: { autoSkip: true, maxRotation: 0, maxTicksLimit: narrow() ? 4 : 12,
       callback(value) { const l = this.getLabelForValue(value); const n = narrow() ? 14 : 32; return l.length > n ? l.slice(0, n - 1) + '…' : l; } } };
     return horizontal ? { x: valueAxis, y: catAxis } : { x: catAxis, y: valueAxis };
@@ -213,7 +213,7 @@
         tension: 0.2, fill: false })) },
       options: { responsive: true, maintainAspectRatio: false, animation: false, indexAxis: horizontal ? 'y' : 'x',
         interaction: { mode: 'index', intersect: false },
-        plugins: { legend: { display: sets.length > 1, position: 'bottom', labels: { boxWidth: 12, padding: 8 } },
+        plugins: { legend: { display: sets.length > 1 || !!opts.legend, position: 'bottom', labels: { boxWidth: 12, padding: 8 } },
           tooltip: { callbacks: { label: (ctx) => ctx.dataset.label + ': ' + fmtNumber(ctx.parsed[horizontal ? 'x' : 'y'], opts.unit) } } },
         scales: axisOptions(opts.unit, !!opts.stacked, horizontal) },
     });
@@ -251,7 +251,7 @@
     if (opts.derive) sets = opts.derive(pv);
     else sets = pv.groups.map((g) => ({ name: opts.names ? opts.names(g) : g, values: pv.buckets.map((b) => pv.get(b, g)) }));
     c.ready();
-    drawChart(c, opts.type || 'line', labels, sets, { stacked: !!opts.stacked, unit: opts.unit });
+    drawChart(c, opts.type || 'line', labels, sets, { stacked: !!opts.stacked, unit: opts.unit, legend: by.length > 0 && !opts.derive });
     renderTable(c, ['bucket (' + data.tz + ')', ...sets.map((s) => s.name)],
       pv.buckets.map((b, i) => [b, ...sets.map((s) => ({ raw: s.values[i], text: fmtNumber(s.values[i], opts.unit) }))]),
       [false, ...sets.map(() => true)]);

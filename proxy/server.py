@@ -95,12 +95,12 @@ class Gateway:
             "listen": f"{self.config.listen[0]}:{self.listen_port}", "grpc_port": self.grpc_port})
 
     def _check_policy(self) -> None:
-        grpc_cfg = self.config.grpc
-        if not is_loopback_listen(grpc_cfg.listen) and grpc_cfg.tokens_file is None:
-            raise StartupError(
-                f"grpc.listen: {grpc_cfg.listen!r} is reachable from other machines but grpc.tokens_file "
-                "is not set; set tokens_file (and tls) or listen on 127.0.0.1"
-            )
+        from proto.server import check_listen_policy
+
+        try:
+            check_listen_policy(grpc_settings(self.config))
+        except RuntimeError as e:
+            raise StartupError(str(e)) from None
 
     async def _start_master(self) -> None:
         opts = mitmproxy_options(self.config)

@@ -2,13 +2,17 @@
 
 A segment holds up to SEG_ROWS events of one partition, stored as one LMDB value per
 column so a query reads only the columns it needs:
-    seg_id(8)                 -> msgpack header {n, tmin, tmax, cols}
-    seg_id(8) + b"@t"         -> int64 time_us
-    seg_id(8) + b"@y"         -> uint32 type code
-    seg_id(8) + b"c:" + name  -> uint32 dictionary codes of strings/ints/bools (0 = missing)
-    seg_id(8) + b"f:" + name  -> float64 numbers (NaN = missing)
-    seg_id(8) + b"m:" + name  -> uint32 [rows..., codes...]: list members and map keys
+    b"H" + seg_id(8)                  -> msgpack header {n, tmin, tmax, cols}
+    b"C" + seg_id(8) + b"@t"          -> int64 time_us
+    b"C" + seg_id(8) + b"@y"          -> uint32 type code (store-wide dictionary: types are few)
+    b"C" + seg_id(8) + b"c:" + name   -> uint32 local codes of strings/ints/bools (0 = missing)
+    b"C" + seg_id(8) + b"Dc:" + name  -> msgpack list: the values of those local codes (code i+1)
+    b"C" + seg_id(8) + b"f:" + name   -> float64 numbers (NaN = missing)
+    b"C" + seg_id(8) + b"m:" + name   -> uint32 [rows..., local codes...]: list members and map keys
+    b"C" + seg_id(8) + b"Dm:" + name  -> msgpack list of their values
 Map members are columns of their own, named "map.key" (e.g. "supplies.Childcare").
+Dictionaries are local to a segment, so high-cardinality values (sessions, visitors) cost
+nothing outside their segment and the follower's memory stays bounded.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ _SEG = struct.Struct(">Q")
 
 
 class Segment:
-    """Columns of n events (in memory)."""
+    """Columns of n events (in memory); `dicts` holds the local dictionary of each c:/m: column."""
 
-    __slots__ = ("n", "cols")
+    __slots__ = ("n", "cols", "dicts")
 
-    def __init__(self, n: int, cols: dict[str, np.ndarray]) -> None:
+    def __init__(self, n: int, cols: dict[str, np.ndarray], dicts: dict[str, list[Any]]) -> None:
         self.n = n
         self.cols = cols
+        self.dicts = dicts
 
     @property
     def tmin(self) -> int:
@@ -45,17 +50,40 @@ class Segment:
         return int(self.cols["@t"].max()) if self.n else 0
 
 
-def _code_column(vals: list[Any], n: int, code: Any) -> np.ndarray:
-    """uint32 codes of a column of hashable scalars/None (0 for None): one dict lookup per row."""
+def _vkey(v: Any) -> Any:
+    return ("\x00b", v) if type(v) is bool else v
+
+
+class _Coder:
+    """Local codes for one column: value -> 1..k, in first-seen order."""
+
+    __slots__ = ("codes", "values")
+
+    def __init__(self) -> None:
+        self.codes: dict[Any, int] = {}
+        self.values: list[Any] = []
+
+    def code(self, v: Any) -> int:
+        k = _vkey(v)
+        c = self.codes.get(k)
+        if c is None:
+            self.values.append(v)
+            c = self.codes[k] = len(self.values)
+        return c
+
+
+def _code_column(vals: list[Any], n: int) -> tuple[np.ndarray, list[Any]]:
+    """Local codes (0 for None) and the values list, for a column without booleans mixed with ints."""
     uniq = set(vals)
     uniq.discard(None)
-    local = {v: code(v) for v in uniq}
+    values = list(uniq)
+    local: dict[Any, int] = {v: i + 1 for i, v in enumerate(values)}
     local[None] = 0
-    return np.fromiter(map(local.__getitem__, vals), np.uint32, n)
+    return np.fromiter(map(local.__getitem__, vals), np.uint32, n), values
 
 
 def build_segment(events: Sequence[Event], d: Dictionary) -> Segment:
-    """Columns for `events` (codes assigned in `d`; commit `d` before storing the segment).
+    """Columns for `events` (type codes assigned in `d`: commit `d` before storing).
 
     Column at a time, not event at a time: one list comprehension per attribute name, then
     a type census decides the column kinds; only lists, maps and mixed-type columns take
@@ -63,125 +91,125 @@ def build_segment(events: Sequence[Event], d: Dictionary) -> Segment:
     """
     n = len(events)
     times = np.fromiter((e.time_us for e in events), np.int64, n)
-    code = d.code
     attrs = [e.attrs for e in events]
-    types = _code_column([e.type for e in events], n, code)
+    tcodes = {t: d.code(t) for t in {e.type for e in events}}
+    types = np.fromiter((tcodes[e.type] for e in events), np.uint32, n)
     names: set[str] = set()
     for a in attrs:
         names.update(a)
     cols: dict[str, np.ndarray] = {"@t": times, "@y": types}
-    nan = float("nan")
+    dicts: dict[str, list[Any]] = {}
     for name in names:
-        vals = [a.get(name) for a in attrs]
-        kinds = set(map(type, vals))
-        kinds.discard(type(None))
-        if kinds <= {str, bool}:
-            # booleans and strings never collide as dict keys (True == 1 only for ints)
-            cols["c:" + name] = _code_column(vals, n, code) if bool not in kinds else \
-                np.fromiter((code(v) if v is not None else 0 for v in vals), np.uint32, n)
-        elif kinds <= {int, float}:
-            cols["f:" + name] = np.fromiter((nan if v is None else v for v in vals), np.float64, n)
-            if float not in kinds:
-                cols["c:" + name] = _code_column(vals, n, code)
+        _add_scalar_or_mixed(name, [a.get(name) for a in attrs], n, cols, dicts)
+    return Segment(n, cols, dicts)
+
+
+def _add_scalar_or_mixed(name: str, vals: list[Any], n: int, cols: dict[str, np.ndarray],
+                         dicts: dict[str, list[Any]]) -> None:
+    kinds = set(map(type, vals))
+    kinds.discard(type(None))
+    if kinds <= {str} or kinds <= {str, bool} and not kinds & {int}:
+        if bool in kinds:
+            coder = _Coder()
+            codes = np.fromiter((coder.code(v) if v is not None else 0 for v in vals), np.uint32, n)
+            cols["c:" + name], dicts["c:" + name] = codes, coder.values
         else:
-            _mixed_column(name, vals, n, code, cols)
-    return Segment(n, cols)
+            cols["c:" + name], dicts["c:" + name] = _code_column(vals, n)
+        return
+    if kinds <= {int, float}:
+        cols["f:" + name] = np.fromiter((np.nan if v is None else v for v in vals), np.float64, n)
+        if float not in kinds:
+            cols["c:" + name], dicts["c:" + name] = _code_column(vals, n)
+        return
+    _mixed_column(name, vals, n, cols, dicts)
 
 
-def _mixed_column(name: str, vals: list[Any], n: int, code: Any, cols: dict[str, np.ndarray]) -> None:
+def _mixed_column(name: str, vals: list[Any], n: int, cols: dict[str, np.ndarray],
+                  dicts: dict[str, list[Any]]) -> None:
     """Lists (members), maps (keys, plus one column per member) and mixed scalar types."""
     c = np.zeros(n, np.uint32)
     f = np.full(n, np.nan)
+    cc, mc = _Coder(), _Coder()
     mrows: list[int] = []
-    mvals: list[Any] = []
-    members: dict[str, tuple[list[int], list[Any]]] = {}
+    mcodes: list[int] = []
+    members: dict[str, list[Any]] = {}
     for i, v in enumerate(vals):
         if v is None:
             continue
         tv = type(v)
-        if tv is list:
+        if tv is list or tv is dict:
             mrows.extend([i] * len(v))
-            mvals.extend(v)
-        elif tv is dict:
-            mrows.extend([i] * len(v))
-            mvals.extend(v)
-            for mk, mv in v.items():
-                ent = members.get(mk)
-                if ent is None:
-                    ent = members[mk] = ([], [])
-                ent[0].append(i)
-                ent[1].append(mv)
+            mcodes.extend(mc.code(x) for x in v)
+            if tv is dict:
+                for mk, mv in v.items():
+                    col = members.get(mk)
+                    if col is None:
+                        col = members[mk] = [None] * n
+                    col[i] = mv
         else:
             if tv is not float:
-                c[i] = code(v)
+                c[i] = cc.code(v)
             if tv is int or tv is float:
                 f[i] = v
-    if c.any():
-        cols["c:" + name] = c
+    if cc.values:
+        cols["c:" + name], dicts["c:" + name] = c, cc.values
     if not np.isnan(f).all():
         cols["f:" + name] = f
     if mrows:
-        cols["m:" + name] = np.concatenate([np.array(mrows, dtype=np.uint32),
-                                            np.fromiter(map(code, mvals), np.uint32, len(mvals))])
-    for mk, (rows, mv) in members.items():
-        full: list[Any] = [None] * n
-        for r, v in zip(rows, mv):
-            full[r] = v
-        sub = build_scalar_column(full, n, code)
-        for kind, arr in sub.items():
-            cols[f"{kind}:{name}.{mk}"] = arr
+        cols["m:" + name] = np.concatenate([np.array(mrows, dtype=np.uint32), np.array(mcodes, dtype=np.uint32)])
+        dicts["m:" + name] = mc.values
+    for mk, col in members.items():
+        _add_scalar_or_mixed(f"{name}.{mk}", col, n, cols, dicts)
 
 
-def build_scalar_column(vals: list[Any], n: int, code: Any) -> dict[str, np.ndarray]:
-    kinds = set(map(type, vals))
-    kinds.discard(type(None))
-    out: dict[str, np.ndarray] = {}
-    if kinds <= {str}:
-        out["c"] = _code_column(vals, n, code)
-    elif kinds <= {int, float}:
-        out["f"] = np.fromiter((np.nan if v is None else v for v in vals), np.float64, n)
-        if float not in kinds:
-            out["c"] = _code_column(vals, n, code)
-    else:
-        c = np.zeros(n, np.uint32)
-        f = np.full(n, np.nan)
-        for i, v in enumerate(vals):
-            if v is None:
-                continue
-            tv = type(v)
-            if tv is not float:
-                c[i] = code(v)
-            if tv is int or tv is float:
-                f[i] = v
-        if c.any():
-            out["c"] = c
-        if not np.isnan(f).all():
-            out["f"] = f
-    return out
+def _remap(values_a: list[Any], values_b: list[Any]) -> tuple[list[Any], np.ndarray]:
+    """Merged dictionary (a's values, then b's new ones) and b's code -> merged code table."""
+    pos = {_vkey(v): i + 1 for i, v in enumerate(values_a)}
+    merged = list(values_a)
+    table = np.zeros(len(values_b) + 1, np.uint32)
+    for j, v in enumerate(values_b):
+        k = _vkey(v)
+        c = pos.get(k)
+        if c is None:
+            merged.append(v)
+            c = pos[k] = len(merged)
+        table[j + 1] = c
+    return merged, table
 
 
 def concat(a: Segment, b: Segment) -> Segment:
-    """One segment holding a's rows then b's."""
+    """One segment holding a's rows then b's (local dictionaries merged)."""
     n = a.n + b.n
     cols: dict[str, np.ndarray] = {}
+    dicts: dict[str, list[Any]] = {}
     for name in set(a.cols) | set(b.cols):
         x, y = a.cols.get(name), b.cols.get(name)
         kind = name[0]
+        table = None
+        if kind in "cm":
+            merged, table = _remap(a.dicts.get(name, []), b.dicts.get(name, []))
+            dicts[name] = merged
         if kind == "m":
-            parts = []
-            for seg, arr, off in ((a, x, 0), (b, y, a.n)):
-                if arr is not None:
-                    k = len(arr) // 2
-                    parts.append((arr[:k] + off, arr[k:]))
-            cols[name] = np.concatenate([np.concatenate([p[0] for p in parts]).astype(np.uint32),
-                                         np.concatenate([p[1] for p in parts])])
+            rows, codes = [], []
+            if x is not None:
+                k = len(x) // 2
+                rows.append(x[:k])
+                codes.append(x[k:])
+            if y is not None:
+                k = len(y) // 2
+                rows.append(y[:k] + a.n)
+                codes.append(table[y[k:]])  # type: ignore[index]
+            cols[name] = np.concatenate([np.concatenate(rows).astype(np.uint32),
+                                         np.concatenate(codes).astype(np.uint32)])
             continue
+        if y is not None and table is not None:
+            y = table[y]
         if x is None:
             x = np.full(a.n, np.nan) if kind == "f" else np.zeros(a.n, y.dtype)  # type: ignore[union-attr]
         if y is None:
             y = np.full(b.n, np.nan) if kind == "f" else np.zeros(b.n, x.dtype)
         cols[name] = np.concatenate([x, y])
-    return Segment(n, cols)
+    return Segment(n, cols, dicts)
 
 
 def seg_key(seg_id: int) -> bytes:
@@ -190,10 +218,12 @@ def seg_key(seg_id: int) -> bytes:
 
 def encode_segment(seg_id: int, seg: Segment) -> list[tuple[bytes, bytes]]:
     """LMDB items for a segment (header first)."""
-    k = _SEG.pack(seg_id)
-    items = [(k, msgpack.packb({"n": seg.n, "tmin": seg.tmin, "tmax": seg.tmax, "cols": sorted(seg.cols)}))]
+    k = b"C" + _SEG.pack(seg_id)
+    items = [(b"H" + _SEG.pack(seg_id), msgpack.packb({"n": seg.n, "tmin": seg.tmin, "tmax": seg.tmax, "cols": sorted(seg.cols)}))]
     for name, arr in sorted(seg.cols.items()):
         items.append((k + name.encode(), np.ascontiguousarray(arr).tobytes()))
+    for name, values in sorted(seg.dicts.items()):
+        items.append((k + b"D" + name.encode(), msgpack.packb(values, use_bin_type=True)))
     return items
 
 
@@ -207,31 +237,45 @@ def decode_column(name: str, raw: bytes | memoryview) -> np.ndarray:
 
 
 def read_header(txn: Any, db: Any, seg_id: int) -> dict[str, Any] | None:
-    raw = txn.get(_SEG.pack(seg_id), db=db)
+    raw = txn.get(b"H" + _SEG.pack(seg_id), db=db)
     return msgpack.unpackb(raw) if raw is not None else None
 
 
 def iter_headers(txn: Any, db: Any) -> Iterable[tuple[int, dict[str, Any]]]:
     """(seg_id, header) of every segment, in id order."""
     cur = txn.cursor(db=db)
+    if not cur.set_range(b"H"):
+        return
     for k, v in cur:
-        if len(k) == 8:
-            yield _SEG.unpack(k)[0], msgpack.unpackb(v)
+        if k[:1] != b"H":
+            return
+        yield _SEG.unpack(k[1:])[0], msgpack.unpackb(v)
 
 
-def read_columns(txn: Any, db: Any, seg_id: int, names: Iterable[str], copy: bool = True) -> dict[str, np.ndarray]:
-    """The named columns of a segment that exist (copied out of the transaction unless copy=False)."""
-    k = _SEG.pack(seg_id)
+def read_columns(txn: Any, db: Any, seg_id: int, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The named columns of a segment that exist (read-only arrays over copied bytes)."""
+    k = b"C" + _SEG.pack(seg_id)
     out = {}
     for name in names:
         raw = txn.get(k + name.encode(), db=db)
         if raw is not None:
-            arr = decode_column(name, raw)
-            out[name] = arr.copy() if copy else arr
+            out[name] = decode_column(name, raw)
+    return out
+
+
+def read_dicts(txn: Any, db: Any, seg_id: int, names: Iterable[str]) -> dict[str, list[Any]]:
+    """Local dictionaries of the named c:/m: columns that exist."""
+    k = b"C" + _SEG.pack(seg_id)
+    out = {}
+    for name in names:
+        if name[0] in "cm":
+            raw = txn.get(k + b"D" + name.encode(), db=db)
+            if raw is not None:
+                out[name] = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     return out
 
 
 def read_segment(txn: Any, db: Any, seg_id: int) -> Segment:
     h = read_header(txn, db, seg_id)
     assert h is not None
-    return Segment(h["n"], read_columns(txn, db, seg_id, h["cols"]))
+    return Segment(h["n"], read_columns(txn, db, seg_id, h["cols"]), read_dicts(txn, db, seg_id, h["cols"]))

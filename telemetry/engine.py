@@ -24,7 +24,7 @@ import numpy as np
 
 from telemetry import columns, rollups
 from telemetry.errors import QueryError
-from telemetry.predicate import forms, haversine_km
+from telemetry.predicate import forms, haversine_km, norm
 from telemetry.query import (AnyFilter, BoolFilter, Filter, FunnelQuery, FunnelResult, FunnelStepResult, GeoFilter,
                              Query, QueryResult, Row, parse_metric, resolve_interval, validate_funnel,
                              validate_query, zone)
@@ -99,25 +99,43 @@ class _Ctx:
                             codes.add(c)
         return np.array(sorted(codes), np.uint32), nums
 
-    def str_codes(self, op: str, value: Any) -> np.ndarray:
-        key = (op, value)
-        got = self._str_cache.get(key)
-        if got is None:
-            if op == "contains":
-                sub = str(value)
-                test: Callable[[str], bool] = lambda s: sub in s  # noqa: E731
-            else:
-                rx = re.compile(value)
-                test = lambda s: rx.search(s) is not None  # noqa: E731
-            vals = self.d.values
-            got = np.array([i for i in range(1, len(vals)) if type(vals[i]) is str and test(vals[i])], np.uint32)
-            self._str_cache[key] = got
-        return got
+    @staticmethod
+    def local_eq_codes(values: list[Any], operands: list[Any]) -> tuple[np.ndarray, list[float]]:
+        """Local codes (in a segment's dictionary `values`) equal to any operand form, and the numbers."""
+        codes: set[int] = set()
+        nums: list[float] = []
+        for v in operands:
+            for kind, x in forms(v):
+                cands: list[Any] = [x]
+                if kind == "n":
+                    nums.append(x)
+                    cands = [int(x), x] if float(x).is_integer() else [x]
+                for cand in cands:
+                    start = 0
+                    while True:
+                        try:
+                            i = values.index(cand, start)
+                        except ValueError:
+                            break
+                        if norm(values[i]) == (kind, x):
+                            codes.add(i + 1)
+                        start = i + 1
+        return np.array(sorted(codes), np.uint32), nums
+
+    @staticmethod
+    def local_str_codes(values: list[Any], op: str, value: Any) -> np.ndarray:
+        if op == "contains":
+            sub = str(value)
+            return np.array([i + 1 for i, v in enumerate(values) if type(v) is str and sub in v], np.uint32)
+        rx = re.compile(value)
+        return np.array([i + 1 for i, v in enumerate(values) if type(v) is str and rx.search(v) is not None],
+                        np.uint32)
 
 
-def filter_mask(ctx: _Ctx, f: AnyFilter, cols: dict[str, np.ndarray], n: int) -> np.ndarray:
+def filter_mask(ctx: _Ctx, f: AnyFilter, cols: dict[str, np.ndarray], dicts: dict[str, list[Any]],
+                n: int) -> np.ndarray:
     if isinstance(f, BoolFilter):
-        masks = [filter_mask(ctx, x, cols, n) for x in f.items]
+        masks = [filter_mask(ctx, x, cols, dicts, n) for x in f.items]
         if f.op == "and":
             return np.logical_and.reduce(masks)
         if f.op == "or":
@@ -129,22 +147,41 @@ def filter_mask(ctx: _Ctx, f: AnyFilter, cols: dict[str, np.ndarray], n: int) ->
     else:
         c, fl, m = cols.get("c:" + attr), cols.get("f:" + attr), cols.get("m:" + attr)
     if op in ("eq", "ne", "in"):
-        codes, nums = ctx.eq_codes(list(f.value) if op == "in" else [f.value])
+        operands = list(f.value) if op == "in" else [f.value]
         mask = np.zeros(n, bool)
-        if c is not None and len(codes):
+        nums: list[float] = []
+        if attr == "type":
+            codes, _ = ctx.eq_codes(operands)
             mask |= np.isin(c, codes)
-        if fl is not None and nums:
-            mask |= np.isin(fl, np.array(nums))
-        if m is not None and len(codes):
-            mask |= _m_rows(m, n, codes)
+        else:
+            if c is not None:
+                codes, nums = ctx.local_eq_codes(dicts.get("c:" + attr, []), operands)
+                if len(codes) == 1:
+                    mask |= c == codes[0]
+                elif len(codes):
+                    mask |= np.isin(c, codes)
+            if m is not None:
+                mcodes, nums = ctx.local_eq_codes(dicts.get("m:" + attr, []), operands)
+                if len(mcodes):
+                    mask |= _m_rows(m, n, mcodes)
+            if fl is not None:
+                nums = [x for v in operands for kind, x in forms(v) if kind == "n"]
+                if nums:
+                    mask |= np.isin(fl, np.array(nums))
         return ~mask if op == "ne" else mask
     if op in ("contains", "regex"):
-        codes = ctx.str_codes(op, f.value)
         mask = np.zeros(n, bool)
-        if len(codes):
-            if c is not None:
+        if attr == "type":
+            vals = ctx.d.values
+            codes = ctx.local_str_codes(vals[1:], op, f.value)
+            return np.isin(c, codes)
+        if c is not None:
+            codes = ctx.local_str_codes(dicts.get("c:" + attr, []), op, f.value)
+            if len(codes):
                 mask |= np.isin(c, codes)
-            if m is not None:
+        if m is not None:
+            codes = ctx.local_str_codes(dicts.get("m:" + attr, []), op, f.value)
+            if len(codes):
                 mask |= _m_rows(m, n, codes)
         return mask
     if op in ("gt", "ge", "lt", "le"):
@@ -179,12 +216,24 @@ def geo_mask(g: GeoFilter, cols: dict[str, np.ndarray], n: int) -> np.ndarray:
 
 # ---- group keys --------------------------------------------------------------------------
 
-def _map_codes(ctx: _Ctx, it: _Interner, codes: np.ndarray) -> np.ndarray:
+def _map_codes(it: _Interner, codes: np.ndarray, value_of: Callable[[int], Any]) -> np.ndarray:
+    """Group ids for codes; `value_of(code)` gives the value of a non-zero code."""
     if len(codes) == 0:
         return np.zeros(0, np.int64)
+    top = int(codes.max())
+    if top < 4 * len(codes) + 1024:
+        # dense codes: a lookup table beats sorting
+        present = np.flatnonzero(np.bincount(codes, minlength=top + 1))
+        table = np.zeros(top + 1, np.int64)
+        table[present] = [it.id(value_of(int(c))) if c else NONE for c in present.tolist()]
+        return table[codes]
     uq, inv = np.unique(codes, return_inverse=True)
-    ids = np.fromiter((it.id(ctx.d.value(int(c))) if c else NONE for c in uq.tolist()), np.int64, len(uq))
+    ids = np.fromiter((it.id(value_of(int(c))) if c else NONE for c in uq.tolist()), np.int64, len(uq))
     return ids[inv]
+
+
+def _local(values: list[Any]) -> Callable[[int], Any]:
+    return lambda c: values[c - 1]
 
 
 def _num(v: float) -> int | float:
@@ -199,8 +248,8 @@ def _map_floats(it: _Interner, vals: np.ndarray) -> np.ndarray:
     return ids[inv]
 
 
-def explode(ctx: _Ctx, it: _Interner, attr: str, cols: dict[str, np.ndarray], n: int, rows: np.ndarray,
-            precision: int) -> tuple[np.ndarray, np.ndarray]:
+def explode(ctx: _Ctx, it: _Interner, attr: str, cols: dict[str, np.ndarray], dicts: dict[str, list[Any]],
+            n: int, rows: np.ndarray, precision: int) -> tuple[np.ndarray, np.ndarray]:
     """(positions into `rows`, group ids): one entry per row, or per list member / map key."""
     k = len(rows)
     if attr == "geo_cell":
@@ -221,13 +270,13 @@ def explode(ctx: _Ctx, it: _Interner, attr: str, cols: dict[str, np.ndarray], n:
                 ids[ok] = uids[inv]
         return np.arange(k), ids
     if attr == "type":
-        return np.arange(k), _map_codes(ctx, it, cols["@y"][rows])
+        return np.arange(k), _map_codes(it, cols["@y"][rows], ctx.d.value)
     c, f, m = cols.get("c:" + attr), cols.get("f:" + attr), cols.get("m:" + attr)
     base = np.zeros(k, np.int64)
     if c is not None:
         cc = c[rows]
         nz = cc != 0
-        base[nz] = _map_codes(ctx, it, cc[nz])
+        base[nz] = _map_codes(it, cc[nz], _local(dicts.get("c:" + attr, [])))
     if f is not None:
         ff = f[rows]
         sel = ~np.isnan(ff)
@@ -243,7 +292,7 @@ def explode(ctx: _Ctx, it: _Interner, attr: str, cols: dict[str, np.ndarray], n:
     pos[rows] = np.arange(k)
     ep = pos[mr]
     keep = ep >= 0
-    ep, ids = ep[keep], _map_codes(ctx, it, mc[keep])
+    ep, ids = ep[keep], _map_codes(it, mc[keep], _local(dicts.get("m:" + attr, [])))
     has = np.zeros(k, bool)
     has[ep] = True
     rest = np.flatnonzero(~has)
@@ -277,11 +326,12 @@ def _segments(store: Any, s_us: int, e_us: int, types: tuple[str, ...], names: s
             for seg_id, h in list(columns.iter_headers(txn, part.segs)):
                 if h["n"] == 0 or h["tmax"] < s_us or h["tmin"] >= e_us:
                     continue
-                yield h["n"], columns.read_columns(txn, part.segs, seg_id, names | {"@t", "@y"})
+                yield (h["n"], columns.read_columns(txn, part.segs, seg_id, names | {"@t", "@y"}),
+                       columns.read_dicts(txn, part.segs, seg_id, names))
 
 
-def _row_mask(ctx: _Ctx, cols: dict[str, np.ndarray], n: int, s_us: int, e_us: int, types: tuple[str, ...],
-              filters: tuple[AnyFilter, ...], geo: GeoFilter | None) -> np.ndarray:
+def _row_mask(ctx: _Ctx, cols: dict[str, np.ndarray], dicts: dict[str, list[Any]], n: int, s_us: int, e_us: int,
+              types: tuple[str, ...], filters: tuple[AnyFilter, ...], geo: GeoFilter | None) -> np.ndarray:
     t = cols["@t"]
     mask = (t >= s_us) & (t < e_us)
     if types:
@@ -290,7 +340,7 @@ def _row_mask(ctx: _Ctx, cols: dict[str, np.ndarray], n: int, s_us: int, e_us: i
     for f in filters:
         if not mask.any():
             break
-        mask &= filter_mask(ctx, f, cols, n)
+        mask &= filter_mask(ctx, f, cols, dicts, n)
     if geo is not None:
         mask &= geo_mask(geo, cols, n)
     return mask
@@ -312,8 +362,8 @@ def _scan(store: Any, q: Query, B: np.ndarray | None, func: str, attr: str | Non
     elif attr is not None:
         names.add("f:" + attr)
     parts: list[list[np.ndarray]] = []
-    for n, cols in _segments(store, s_us, e_us, q.types, names):
-        mask = _row_mask(ctx, cols, n, s_us, e_us, q.types, q.filters, q.geo)
+    for n, cols, dicts in _segments(store, s_us, e_us, q.types, names):
+        mask = _row_mask(ctx, cols, dicts, n, s_us, e_us, q.types, q.filters, q.geo)
         rows = np.flatnonzero(mask)
         if not len(rows):
             continue
@@ -329,11 +379,11 @@ def _scan(store: Any, q: Query, B: np.ndarray | None, func: str, attr: str | Non
         if B is not None:
             keys.append(np.searchsorted(B, cols["@t"][rows], "right") - 1)
         for g in q.group_by:
-            p2, ids2 = explode(ctx, it, g, cols, n, rows, q.geo_precision)
+            p2, ids2 = explode(ctx, it, g, cols, dicts, n, rows, q.geo_precision)
             pos, keys = join(pos, keys, p2, ids2)
         r = rows[pos]
         if func == "users":
-            val = rollups.actor_codes(cols, n)[r].astype(np.float64)
+            val = rollups.actor_hashes(cols, dicts, n)[r]
             ok = val != 0
             keys, val = [k[ok] for k in keys], val[ok]
         elif func == "count":
@@ -457,12 +507,14 @@ def _rollups(store: Any, q: Query, B: np.ndarray | None, plan: tuple, func: str,
         if part.derived is None or part.roll is None:
             continue
         with part.derived.begin() as txn:
-            for tc in _type_codes(store, part, txn, types):
+            tcodes = [0] if (func == "users" and types is None and not gb_type) else \
+                _type_codes(store, part, txn, types)
+            for tc in tcodes:
                 if func == "users":
                     for slot, codes in rollups.read_users(txn, part.roll, tc, s_slot, e_slot):
                         acc_b.append(np.full(len(codes), slot, np.int64))
                         acc_t.append(np.full(len(codes), tc, np.int64))
-                        acc_v.append(codes.astype(np.int64))
+                        acc_v.append(codes.view(np.int64))
                 elif dim is None:
                     slots, counts = rollups.read_counts(txn, part.roll, tc, s_slot, e_slot)
                     acc_b.append(slots)
@@ -587,6 +639,10 @@ def run_query(store: Any, q: Query) -> QueryResult:
     return QueryResult(rows, total, token, interval, False)
 
 
+def _vk(v: Any) -> Any:
+    return ("\x00b", v) if type(v) is bool else v
+
+
 # ---- funnels -------------------------------------------------------------------------------
 
 def run_funnel(store: Any, q: FunnelQuery) -> FunnelResult:
@@ -605,16 +661,17 @@ def run_funnel(store: Any, q: FunnelQuery) -> FunnelResult:
             filter_columns(f, names)
     types = tuple(sorted({s.type for s in q.steps}))
     per_step: list[dict[int, list[int]]] = [dict() for _ in q.steps]
-    for n, cols in _segments(store, s_us, end_scan, types, names):
+    for n, cols, dicts in _segments(store, s_us, end_scan, types, names):
         actor = cols.get("c:" + q.by)
         if actor is None:
             continue
+        values = dicts.get("c:" + q.by, [])
         for i, st in enumerate(q.steps):
             hi = e_us if i == 0 else end_scan
-            mask = _row_mask(ctx, cols, n, s_us, hi, (st.type,), st.filters, None) & (actor != 0)
+            mask = _row_mask(ctx, cols, dicts, n, s_us, hi, (st.type,), st.filters, None) & (actor != 0)
             r = np.flatnonzero(mask)
             for a, t in zip(actor[r].tolist(), cols["@t"][r].tolist()):
-                per_step[i].setdefault(a, []).append(t)
+                per_step[i].setdefault(_vk(values[a - 1]), []).append(t)
     for m in per_step:
         for v in m.values():
             v.sort()

@@ -4,14 +4,17 @@ The follower computes them from a batch's column segment with numpy (never per e
 merges them into the partition's `roll` DB:
     b"t" + type(4) + slot(4)            -> uint64 count of events of that type in the slot
     b"c" + dim(4) + type(4) + slot(4)   -> uint32 codes[k] + uint32 counts[k] (sorted by code)
-    b"u" + type(4) + slot(4)            -> sorted uint32 actor codes (exact distinct set)
-(type, dim and values are dictionary codes.) Fifteen-minute UTC slots rebuild any real time
-zone and DST transition exactly. Distinct sets are exact sorted code arrays and merge by
-union, so unique users over any range are exact (never approximate).
+    b"u" + type(4) + slot(4)            -> sorted uint64 actor hashes (distinct set); type 0 = any type
+(type, dim and values are store-wide dictionary codes.) Fifteen-minute UTC slots rebuild any
+real time zone and DST transition exactly. Distinct sets are sorted 64-bit hashes of the actor
+(attrs.user, else attrs.visitor) and merge by union, so unique users over any range are exact
+up to 64-bit hash collisions (odds ~1e-8 at a million actors); results are not labelled
+approximate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from telemetry.columns import Segment
+from telemetry.dictionary import Dictionary
 
 SLOT_US = 900_000_000
 ACTOR_ATTRS = ("user", "visitor")
@@ -26,14 +30,36 @@ _TS = struct.Struct(">II")
 _CTS = struct.Struct(">III")
 
 
-def actor_codes(cols: dict[str, np.ndarray], n: int) -> np.ndarray:
-    """Per-row actor code: attrs.user, else attrs.visitor (0 = none)."""
-    actor = np.zeros(n, np.uint32)
+def value_hash(v: Any) -> int:
+    """Stable 64-bit hash of an attribute value (type-tagged; 0 is never returned)."""
+    tag = b"s" if type(v) is str else b"b" if type(v) is bool else b"n"
+    h = int.from_bytes(hashlib.blake2b(tag + str(v).encode(), digest_size=8).digest(), "little")
+    return h or 1
+
+
+def hash_table(values: list[Any]) -> np.ndarray:
+    """Local code -> 64-bit hash (index 0 = missing -> 0)."""
+    return np.array([0] + [value_hash(v) for v in values], np.uint64)
+
+
+def actor_hashes(cols: dict[str, np.ndarray], dicts: dict[str, list[Any]], n: int) -> np.ndarray:
+    """Per-row hash of the actor: attrs.user, else attrs.visitor (0 = none)."""
+    actor = np.zeros(n, np.uint64)
     for name in reversed(ACTOR_ATTRS):
         c = cols.get("c:" + name)
         if c is not None:
-            actor = np.where(c != 0, c, actor)
+            h = hash_table(dicts.get("c:" + name, []))[c]
+            actor = np.where(c != 0, h, actor)
     return actor
+
+
+def global_codes(seg: Segment, name: str, d: Dictionary) -> np.ndarray | None:
+    """The column's values as store-wide dictionary codes (for rollups), or None."""
+    c = seg.cols.get("c:" + name)
+    if c is None:
+        return None
+    table = np.array([0] + [d.code(v) for v in seg.dicts.get("c:" + name, [])], np.uint32)
+    return table[c]
 
 
 def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,7 +72,7 @@ def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sk[starts], starts, order
 
 
-def compute(seg: Segment, dims: Iterable[int | tuple[int, str]]) -> dict[bytes, tuple[str, Any]]:
+def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dict[bytes, tuple[str, Any]]:
     """Rollup deltas of one segment: key -> ("t", count) | ("c", (codes, counts)) | ("u", codes)."""
     out: dict[bytes, tuple[str, Any]] = {}
     if seg.n == 0:
@@ -59,8 +85,8 @@ def compute(seg: Segment, dims: Iterable[int | tuple[int, str]]) -> dict[bytes, 
     for k, c in zip(uk.tolist(), counts.tolist()):
         out[b"t" + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("t", c)
     # per dimension: sort by (type, slot) then value code
-    for dim_code, name in dims:  # type: ignore[misc]
-        col = cols.get("c:" + name)
+    for dim_code, name in dims:
+        col = global_codes(seg, name, d)
         if col is None:
             continue
         m = col != 0
@@ -79,17 +105,19 @@ def compute(seg: Segment, dims: Iterable[int | tuple[int, str]]) -> dict[bytes, 
         for s, e in zip(gstarts.tolist(), gends.tolist()):
             k = int(pts[s])
             out[b"c" + _CTS.pack(dim_code, k >> 32, k & 0xFFFFFFFF)] = ("c", (pcode[s:e], cnt[s:e]))
-    actor = actor_codes(cols, seg.n)
+    actor = actor_hashes(cols, seg.dicts, seg.n)
     m = actor != 0
     if m.any():
-        sel_ts, sel_a = ts[m], actor[m]
-        order = np.lexsort((sel_a, sel_ts))
-        sts, sa = sel_ts[order], sel_a[order]
-        gstarts = np.flatnonzero(np.concatenate([[True], sts[1:] != sts[:-1]]))
-        gends = np.append(gstarts[1:], len(sts))
-        for s, e in zip(gstarts.tolist(), gends.tolist()):
-            k = int(sts[s])
-            out[b"u" + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("u", np.unique(sa[s:e]))
+        sel_a = actor[m]
+        # per (type, slot) and per (any type, slot): type code 0 never names a type
+        for sel_ts in (ts[m], slots[m]):
+            order = np.lexsort((sel_a, sel_ts))
+            sts, sa = sel_ts[order], sel_a[order]
+            gstarts = np.flatnonzero(np.concatenate([[True], sts[1:] != sts[:-1]]))
+            gends = np.append(gstarts[1:], len(sts))
+            for s, e in zip(gstarts.tolist(), gends.tolist()):
+                k = int(sts[s])
+                out[b"u" + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("u", np.unique(sa[s:e]))
     return out
 
 
@@ -117,8 +145,8 @@ def merge_into(txn: Any, db: Any, deltas: dict[bytes, tuple[str, Any]]) -> None:
         else:
             codes = val
             if old is not None:
-                codes = np.union1d(np.frombuffer(old, np.uint32), codes)
-            items.append((key, codes.astype(np.uint32).tobytes()))
+                codes = np.union1d(np.frombuffer(old, np.uint64), codes)
+            items.append((key, codes.astype(np.uint64).tobytes()))
     txn.cursor(db=db).putmulti(items)
 
 
@@ -165,4 +193,4 @@ def read_users(txn: Any, db: Any, type_code: int, slot_from: int,
         for k, v in cur:
             if k >= hi:
                 break
-            yield int.from_bytes(k[5:9], "big"), np.frombuffer(v, np.uint32)
+            yield int.from_bytes(k[5:9], "big"), np.frombuffer(v, np.uint64)

@@ -574,13 +574,15 @@ class Store:
         d = self.dictionary
         events = [e for _, e in rows]
         seg = columns.build_segment(events, d)
-        deltas = rollups.compute(seg, self._dims)
+        deltas = rollups.compute(seg, self._dims, d)
         idx_items: list[tuple[bytes, bytes]] = []
         for tag, name in ((b"u", "user"), (b"s", "session")):
             c = seg.cols.get("c:" + name)
             if c is not None:
-                for i in np.flatnonzero(c).tolist():
-                    idx_items.append((tag + int(c[i]).to_bytes(4, "big") + rows[i][0], b""))
+                raw = rollups.hash_table(seg.dicts.get("c:" + name, [])).astype(">u8").tobytes()
+                hb = [raw[j:j + 8] for j in range(0, len(raw), 8)]
+                keys = [k for k, _ in rows]
+                idx_items.extend((tag + hb[ci] + keys[i], b"") for i, ci in enumerate(c.tolist()) if ci)
         idx_items.sort()
         top = max(int.from_bytes(k[8:], "big") for k, _ in rows)
         d.commit()   # codes before anything that refers to them
@@ -754,18 +756,17 @@ class Store:
     def _index_keys(self, part: Partition, idx: tuple[bytes, Any], lo: bytes, hi: bytes,
                     after: bytes | None, desc: bool) -> list[bytes] | None:
         tag, value = idx
-        code = self.dictionary.lookup(value)
-        if not code or part.derived is None:
-            return None if code else []
-        prefix = tag + code.to_bytes(4, "big")
+        if part.derived is None:
+            return None
+        prefix = tag + rollups.value_hash(value).to_bytes(8, "big")
         keys: list[bytes] = []
         with part.derived.begin() as txn:
             cur = txn.cursor(part.idx)
             if cur.set_range(prefix + lo):
                 for k in cur.iternext(values=False):
-                    if not k.startswith(prefix) or k[5:] >= hi:
+                    if not k.startswith(prefix) or k[9:] >= hi:
                         break
-                    keys.append(k[5:])
+                    keys.append(k[9:])
         # rows not folded in yet are found by the scan path
         if self._watermark(part) < self._part_seq(part):
             return None

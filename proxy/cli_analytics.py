@@ -33,8 +33,9 @@ RECORD_BATCH = 1000
 METRIC_RE = re.compile(r"^(count|users|(sum|avg|min|max|p50|p95):[A-Za-z0-9_.-]+)$")
 INTERVALS = ("auto", "minute", "hour", "day", "week", "month", "none")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-# argparse treats "-7d" as an unknown option; let relative times through as values
-_NEGATIVE_VALUE = re.compile(r"^-\d+(\.\d+)?[smhdw]?$|^-\d*\.\d+$")
+# argparse treats "-7d" or "--bbox -10,-20,30,40" as unknown options; let relative times and
+# coordinate lists that start with a minus sign through as values
+_NEGATIVE_VALUE = re.compile(r"^-\d+(\.\d+)?[smhdw]?$|^-\d*\.\d+$|^-\d*\.?\d+(,-?\d*\.?\d+)+$")
 
 
 # ---- parsing helpers (pure) ------------------------------------------------------------------

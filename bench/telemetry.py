@@ -171,7 +171,7 @@ def ingest_portico(path: Path, total: int) -> dict:
 
 
 def ingest_raw_lmdb(path: Path, total: int) -> float:
-    env = lmdb.open(str(path), subdir=False, map_size=1 << 36)
+    env = lmdb.open(str(path), subdir=False, map_size=1 << 36, max_dbs=2)
     db = env.open_db(b"rows")
     timed = 0.0
     seq = 0

@@ -327,9 +327,7 @@ def coerce_event(item: Event | Mapping[str, Any]) -> Event:
 
 # ---- bytes ----------------------------------------------------------------------------
 
-def row_key(time_us: int, seq: int) -> bytes:
-    """16-byte row key: big-endian time then sequence number (byte order == time order)."""
-    return _KEY.pack(time_us, seq)
+row_key = _KEY.pack   # row_key(time_us, seq) -> 16 bytes, big-endian: byte order == time order
 
 
 def split_key(key: bytes) -> tuple[int, int]:
@@ -340,10 +338,16 @@ def split_key(key: bytes) -> tuple[int, int]:
 _pack_str = msgpack.Packer(use_bin_type=True).pack
 
 
+_type_heads: dict[str, bytes] = {}
+
+
 def encode_row(ev: Event) -> bytes:
     """The stored row value of an event: msgpack [id, type, attrs]."""
-    # fixarray(3) header, then the already-packed attrs: no re-encoding in the writer.
-    return b"\x93" + _pack_str(ev.id) + _pack_str(ev.type) + ev.packed_attrs  # type: ignore[operator]
+    # The already-packed attrs are reused: no re-encoding in the writer.
+    head = _type_heads.get(ev.type)
+    if head is None:
+        head = _type_heads[ev.type] = _pack_str(ev.type)
+    return b"\x93" + _pack_str(ev.id) + head + ev.packed_attrs  # type: ignore[operator]
 
 
 def decode_row(key: bytes, value: bytes) -> Event:

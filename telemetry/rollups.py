@@ -5,6 +5,7 @@ merges them into the partition's `roll` DB:
     b"t" + type(4) + slot(4)            -> uint64 count of events of that type in the slot
     b"c" + dim(4) + type(4) + slot(4)   -> uint32 codes[k] + uint32 counts[k] (sorted by code)
     b"u" + type(4) + slot(4)            -> sorted uint64 actor hashes (distinct set); type 0 = any type
+(hashes: 64-bit FNV-1a of the type-tagged value, see hash_values)
 (type, dim and values are store-wide dictionary codes.) Fifteen-minute UTC slots rebuild any
 real time zone and DST transition exactly. Distinct sets are sorted 64-bit hashes of the actor
 (attrs.user, else attrs.visitor) and merge by union, so unique users over any range are exact
@@ -14,7 +15,6 @@ approximate.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -30,16 +30,45 @@ _TS = struct.Struct(">II")
 _CTS = struct.Struct(">III")
 
 
-def value_hash(v: Any) -> int:
-    """Stable 64-bit hash of an attribute value (type-tagged; 0 is never returned)."""
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def _tagged(v: Any) -> bytes:
     tag = b"s" if type(v) is str else b"b" if type(v) is bool else b"n"
-    h = int.from_bytes(hashlib.blake2b(tag + str(v).encode(), digest_size=8).digest(), "little")
-    return h or 1
+    return tag + str(v).encode()
+
+
+def hash_values(values: list[Any]) -> np.ndarray:
+    """Stable 64-bit FNV-1a hashes of attribute values (type-tagged), vectorised over the list.
+
+    Never 0 (0 means "missing"). Used for distinct-actor sets and the key-only indexes.
+    """
+    if not values:
+        return np.zeros(0, np.uint64)
+    raw = [_tagged(v) for v in values]
+    mat = np.array(raw, dtype=bytes)
+    width = mat.dtype.itemsize
+    u8 = mat.view(np.uint8).reshape(len(raw), width)
+    lens = np.fromiter(map(len, raw), np.int64, len(raw))
+    h = np.full(len(raw), _FNV_OFFSET, np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            live = lens > j            # bytes past a value's end (padding) must not change its hash
+            nh = (h ^ u8[:, j].astype(np.uint64)) * _FNV_PRIME
+            h = np.where(live, nh, h)
+    h[h == 0] = 1
+    return h
+
+
+def value_hash(v: Any) -> int:
+    """hash_values for one value."""
+    return int(hash_values([v])[0])
 
 
 def hash_table(values: list[Any]) -> np.ndarray:
     """Local code -> 64-bit hash (index 0 = missing -> 0)."""
-    return np.array([0] + [value_hash(v) for v in values], np.uint64)
+    return np.concatenate([np.zeros(1, np.uint64), hash_values(values)])
 
 
 def actor_hashes(cols: dict[str, np.ndarray], dicts: dict[str, list[Any]], n: int) -> np.ndarray:

@@ -442,39 +442,43 @@ class Store:
                 self._follow_cond.notify()
 
     def _write_partition(self, part: Partition, items: list[tuple[_Pending, Event]]) -> list[tuple[bytes, Event]]:
-        """Commit one partition's share of a batch; returns the new (key, event) rows."""
+        """Commit one partition's share of a batch; returns the new (key, event) rows.
+
+        Hot path: comprehensions rather than per-event method calls; rows go in with
+        putmulti(append=True) whenever the batch sorts after what is stored.
+        """
         while True:
             seq = self._seq
-            rows: list[tuple[bytes, bytes]] = []
-            new: list[tuple[bytes, Event]] = []
-            owners: list[_Pending] = []
-            dups: list[_Pending] = []
             try:
                 with part.events.begin(write=True) as txn:
                     ids_cur = txn.cursor(part.ids)
                     idkeys = [e.id.encode() for _, e in items]
-                    found = ids_cur.getmulti(sorted(set(idkeys))) if idkeys else []
-                    seen = {k for k, _ in found}
-                    idrows = []
-                    for (p, e), ik in zip(items, idkeys):
-                        if ik in seen:
-                            dups.append(p)
-                            continue
-                        seen.add(ik)
-                        seq += 1
-                        k = row_key(e.time_us, seq)
-                        rows.append((k, encode_row(e)))
-                        idrows.append((ik, k))
-                        new.append((k, e))
-                        owners.append(p)
-                    if rows:
-                        in_order = all(rows[i][0] < rows[i + 1][0] for i in range(len(rows) - 1))
-                        if not in_order:
+                    uniq = set(idkeys)
+                    found = ids_cur.getmulti(sorted(uniq))
+                    if not found and len(uniq) == len(idkeys):
+                        keep = items
+                        dups: list[_Pending] = []
+                    else:
+                        seen = {k for k, _ in found}
+                        keep, dups, kept_ids = [], [], []
+                        for it, ik in zip(items, idkeys):
+                            if ik in seen:
+                                dups.append(it[0])
+                            else:
+                                seen.add(ik)
+                                keep.append(it)
+                                kept_ids.append(ik)
+                        idkeys = kept_ids
+                    new = [(row_key(e.time_us, seq + i), e) for i, (_, e) in enumerate(keep, 1)]
+                    seq += len(new)
+                    if new:
+                        rows = [(k, encode_row(e)) for k, e in new]
+                        if any(rows[i][0] >= rows[i + 1][0] for i in range(len(rows) - 1)):
                             rows.sort()
                         cur = txn.cursor(part.rows)
                         last = cur.key() if cur.last() else b""
                         cur.putmulti(rows, append=rows[0][0] > last)
-                        idrows.sort()
+                        idrows = sorted(zip(idkeys, [k for k, _ in new]))
                         ids_cur.putmulti(idrows)
                         txn.put(_SEQ, seq.to_bytes(8, "big"), db=part.info)
             except lmdb.MapFullError as e:
@@ -483,7 +487,7 @@ class Store:
             except lmdb.Error as e:
                 raise lmdb_error(e, part.events_path, part.events, "cannot write events to") from e
             self._seq = seq
-            for p in owners:
+            for p, _ in keep:
                 p.accepted += 1
             for p in dups:
                 p.duplicates += 1

@@ -27,6 +27,7 @@ METHOD_ROLES: Mapping[str, str] = {
     SERVICE + "Funnel": "read",
     SERVICE + "Export": "read",
     SERVICE + "Stats": "read",
+    "/portico.v1.Outreach/MakeTrackedUrls": "write",  # signs URLs with the tracking secret
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 

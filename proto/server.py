@@ -78,12 +78,14 @@ def check_listen_policy(settings: GrpcSettings) -> None:
         )
 
 
-def create_server(settings: GrpcSettings, store: Any = None,
-                  cache_store: Any = None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+def create_server(settings: GrpcSettings, store: Any = None, cache_store: Any = None,
+                  outreach_maker: Any = None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build the server and bind its port; returns (server, bound port, health servicer).
 
     `store` is an open `telemetry.store.Store`; None serves UNAVAILABLE ("telemetry is
-    disabled") from every Analytics method. The server is not started.
+    disabled") from every Analytics method. `outreach_maker` signs tracked URLs for the
+    Outreach service (proto/outreach_service.py); None (tracking off) serves FAILED_PRECONDITION.
+    The server is not started.
 
     Raises:
         ListenPolicyError: non-loopback listener without tokens (see `check_listen_policy`).
@@ -109,12 +111,15 @@ def create_server(settings: GrpcSettings, store: Any = None,
     from proto.cache_service import add_cache_service
 
     add_cache_service(server, cache_store)  # CacheAdmin: purge/stats (admin token when tokens are on)
+    from proto.outreach_service import SERVICE_NAME as OUTREACH_SERVICE, add_outreach_service
+
+    add_outreach_service(server, outreach_maker)  # Outreach: bulk tracked URLs (write token)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     from proto.cache_service import SERVICE_NAME as CACHE_SERVICE
 
-    service_names = [ANALYTICS_SERVICE, CACHE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                     reflection.SERVICE_NAME]
+    service_names = [ANALYTICS_SERVICE, CACHE_SERVICE, OUTREACH_SERVICE,
+                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(service_names, server)
     try:
         if credentials is None:

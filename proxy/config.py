@@ -46,6 +46,16 @@ def _check_path_prefix(value: str) -> None:
         raise ValueError("a path prefix starting with '/', like '/api/'")
 
 
+def _check_public_url(value: str | None) -> None:
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError("the gateway's public origin, like 'https://www.example.org' (http or https, no query)")
+
+
 @dataclass(frozen=True)
 class RouteMatch:
     """Which requests a route takes: by Host (exact, `*.suffix`, or `*`) and path prefix."""
@@ -508,6 +518,8 @@ class PorticoConfig:
     listen: tuple[str, int] = field(default=("127.0.0.1", 8080), metadata={"parse": parse_hostport})
     routes: tuple[Route, ...] = ()
     reserved_prefix: str = field(default="/_portico/", metadata={"check": _check_path_prefix})
+    # where clients reach the gateway (tracked URLs from gRPC); default http://<listen host>:<port>
+    public_url: str | None = field(default=None, metadata={"check": _check_public_url})
     trusted_proxies: tuple[Network, ...] = ()
     max_request_body: int = field(default=10 * 2**20, metadata={"parse": parse_size})
     shutdown_grace: timedelta = timedelta(seconds=10)

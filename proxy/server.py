@@ -137,8 +137,9 @@ class Gateway:
         settings = grpc_settings(self.config)
         try:
             cache_store = self.services.cache_store if self.services is not None else None
-            server, port, health_servicer = grpc_server_module.create_server(settings, self.store, cache_store)
-        except RuntimeError as e:
+            server, port, health_servicer = grpc_server_module.create_server(
+                settings, self.store, cache_store, outreach_maker=self._outreach_maker())
+        except (RuntimeError, ConfigError) as e:
             raise StartupError(str(e)) from None
         await server.start()
         self.grpc_server, self.grpc_port = server, port
@@ -147,7 +148,25 @@ class Gateway:
 
             await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
+    def _outreach_maker(self) -> Any:
+        """Signer for the gRPC Outreach service; None unless the pixel/click endpoints run
+        (the pipeline added the Outreach addon), so its URLs always work on this gateway."""
+        if self.master is None or self.master.addons.get("outreach") is None:
+            return None
+        from proxy.tracking_setup import tracked_url_maker
+
+        return tracked_url_maker(self.config, self.public_url)
+
     # --- introspection ---------------------------------------------------------------------
+
+    @property
+    def public_url(self) -> str:
+        """`public_url` from the config, else http://<listen host>:<bound port> (wildcard -> 127.0.0.1)."""
+        if self.config.public_url:
+            return self.config.public_url
+        host = self.config.listen[0]
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        return f"http://{_fmt_host(host)}:{self.listen_port}"
 
     def _listen_addrs(self, kind: str) -> list[tuple[str, int]]:
         assert self.master is not None

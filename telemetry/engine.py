@@ -492,68 +492,128 @@ def _type_codes(store: Any, part: Any, txn: Any, types: set[str] | None) -> list
     return sorted(found)
 
 
+def _day_plan(B: np.ndarray | None, s_us: int, e_us: int) -> tuple[set[int], list[tuple[int, int]]]:
+    """UTC days answerable from day-level rollups (inside [s, e) and inside one bucket), and
+    the remaining [slot_from, slot_to) ranges."""
+    DAY = 86_400_000_000
+    days: set[int] = set()
+    d0, d1 = -(-s_us // DAY), e_us // DAY
+    for day in range(d0, d1):
+        a, b = day * DAY, (day + 1) * DAY
+        if B is None or np.searchsorted(B, a, "right") == np.searchsorted(B, b - 1, "right"):
+            days.add(day)
+    ranges: list[tuple[int, int]] = []
+    cur = s_us // SLOT
+    end = e_us // SLOT
+    for day in sorted(days):
+        ds = day * rollups.DAY_SLOTS
+        if cur < ds:
+            ranges.append((cur, ds))
+        cur = ds + rollups.DAY_SLOTS
+    if cur < end:
+        ranges.append((cur, end))
+    return days, ranges
+
+
 def _rollups(store: Any, q: Query, B: np.ndarray | None, plan: tuple, func: str, s_us: int,
              e_us: int) -> dict[tuple[int, tuple], Any]:
+    """Answer from the rollups: counters, per-value counters, code/count blobs or actor sets."""
     dim, values, types, gb_type, gb_dim = plan
     d = store.dictionary
-    s_slot, e_slot = s_us // SLOT, e_us // SLOT
     fcodes = None
     if values is not None:
         fcodes, _ = _Ctx(store).eq_codes(values)
     dim_code = d.lookup(dim) if dim is not None else 0
-    acc_b, acc_t, acc_c, acc_v = [], [], [], []
+    days, ranges = _day_plan(B, s_us, e_us)
+    day_us = 86_400_000_000
+    # (start_us of the slot or day, type code, value code, count) pieces, or actor sets
+    piece_t: list[np.ndarray] = []
+    piece_type: list[np.ndarray] = []
+    piece_code: list[np.ndarray] = []
+    piece_n: list[np.ndarray] = []
+    sets: dict[tuple[int, int], list[np.ndarray]] = {}
+
+    def bucket_of(us: int) -> int:
+        return int(np.searchsorted(B, us, "right") - 1) if B is not None else -1
+
     tq = tuple(sorted(types)) if types is not None else ()
     for part in store.partitions(s_us, e_us, tq):
         if part.derived is None or part.roll is None:
             continue
         with part.derived.begin() as txn:
-            tcodes = [0] if (func == "users" and types is None and not gb_type) else \
-                _type_codes(store, part, txn, types)
+            any_type = func == "users" and types is None and not gb_type
+            tcodes = [0] if any_type else _type_codes(store, part, txn, types)
+            p_days = [x for x in days if part.name.start_us <= x * day_us < part.name.end_us]
             for tc in tcodes:
                 if func == "users":
-                    for slot, codes in rollups.read_users(txn, part.roll, tc, s_slot, e_slot):
-                        acc_b.append(np.full(len(codes), slot, np.int64))
-                        acc_t.append(np.full(len(codes), tc, np.int64))
-                        acc_v.append(codes.view(np.int64))
-                elif dim is None:
-                    slots, counts = rollups.read_counts(txn, part.roll, tc, s_slot, e_slot)
-                    acc_b.append(slots)
-                    acc_t.append(np.full(len(slots), tc, np.int64))
-                    acc_v.append(counts)
+                    if any_type and p_days:
+                        for day, hs in rollups.read_users(txn, part.roll, 0, min(p_days), max(p_days) + 1, day=True):
+                            if day in days:
+                                sets.setdefault((bucket_of(day * day_us), 0), []).append(hs)
+                        slot_ranges = ranges
+                    else:
+                        slot_ranges = [(s_us // SLOT, e_us // SLOT)]
+                    for a, b in slot_ranges:
+                        for slot, hs in rollups.read_users(txn, part.roll, tc, a, b):
+                            sets.setdefault((bucket_of(slot * SLOT), tc if gb_type else 0), []).append(hs)
+                elif dim is None or (not gb_dim and dim_code == 0):
+                    if dim is not None:
+                        continue
+                    sl, cn = rollups.read_counts(txn, part.roll, tc, s_us // SLOT, e_us // SLOT)
+                    piece_t.append(sl * SLOT)
+                    piece_type.append(np.full(len(sl), tc, np.int64))
+                    piece_code.append(np.zeros(len(sl), np.int64))
+                    piece_n.append(cn)
+                elif not gb_dim:
+                    if not dim_code or fcodes is None:
+                        continue
+                    for vc in fcodes.tolist():
+                        sl, cn = rollups.read_value_counts(txn, part.roll, dim_code, vc, tc,
+                                                           s_us // SLOT, e_us // SLOT)
+                        piece_t.append(sl * SLOT)
+                        piece_type.append(np.full(len(sl), tc, np.int64))
+                        piece_code.append(np.zeros(len(sl), np.int64))
+                        piece_n.append(cn)
                 else:
                     if not dim_code:
                         continue
-                    for slot, codes, counts in rollups.read_dim(txn, part.roll, dim_code, tc, s_slot, e_slot):
+                    blobs = []
+                    if p_days:
+                        blobs += [(day * day_us, c, n) for day, c, n in
+                                  rollups.read_dim(txn, part.roll, dim_code, tc, min(p_days), max(p_days) + 1, day=True)
+                                  if day in days]
+                    for a, b in ranges:
+                        blobs += [(slot * SLOT, c, n) for slot, c, n in rollups.read_dim(txn, part.roll, dim_code, tc, a, b)]
+                    for t0, codes, counts in blobs:
                         if fcodes is not None:
                             keep = np.isin(codes, fcodes)
                             codes, counts = codes[keep], counts[keep]
                         if not len(codes):
                             continue
-                        acc_b.append(np.full(len(codes), slot, np.int64))
-                        acc_t.append(np.full(len(codes), tc, np.int64))
-                        acc_c.append(codes.astype(np.int64))
-                        acc_v.append(counts.astype(np.int64))
+                        piece_t.append(np.full(len(codes), t0, np.int64))
+                        piece_type.append(np.full(len(codes), tc, np.int64))
+                        piece_code.append(codes.astype(np.int64))
+                        piece_n.append(counts.astype(np.int64))
     out: dict[tuple[int, tuple], Any] = {}
-    if not acc_b:
-        return out
-    slots = np.concatenate(acc_b)
-    tcs = np.concatenate(acc_t) if gb_type else np.zeros(len(slots), np.int64)
-    ccs = np.concatenate(acc_c) if (gb_dim and acc_c) else np.zeros(len(slots), np.int64)
-    vals = np.concatenate(acc_v)
-    bidx = (np.searchsorted(B, slots * SLOT, "right") - 1) if B is not None else np.full(len(slots), -1)
     if func == "users":
-        trip = np.unique(np.stack([bidx, tcs, vals], axis=1), axis=0)
-        keys, counts = np.unique(trip[:, :2], axis=0, return_counts=True)
-        items = [(int(b), int(t), 0, int(c)) for (b, t), c in zip(keys.tolist(), counts.tolist())]
-    else:
-        keys, inv = np.unique(np.stack([bidx, tcs, ccs], axis=1), axis=0, return_inverse=True)
-        sums = np.bincount(inv.reshape(-1), weights=vals, minlength=len(keys))
-        items = [(int(b), int(t), int(c), int(s)) for (b, t, c), s in zip(keys.tolist(), sums.tolist())]
-    for b, t, c, v in items:
-        gk = []
-        for g in q.group_by:
-            gk.append(d.value(t) if g == "type" else d.value(c))
-        out[(b, tuple(gk))] = v
+        for (b, tc), arrs in sets.items():
+            v = len(arrs[0]) if len(arrs) == 1 else len(np.unique(np.concatenate(arrs)))
+            if v:
+                out[(b, tuple(d.value(tc) if g == "type" else None for g in q.group_by))] = v
+        return out
+    if not piece_t:
+        return out
+    t = np.concatenate(piece_t)
+    bidx = (np.searchsorted(B, t, "right") - 1) if B is not None else np.full(len(t), -1)
+    tcs = np.concatenate(piece_type) if gb_type else np.zeros(len(t), np.int64)
+    ccs = np.concatenate(piece_code) if gb_dim else np.zeros(len(t), np.int64)
+    vals = np.concatenate(piece_n)
+    keys, inv = np.unique(np.stack([bidx, tcs, ccs], axis=1), axis=0, return_inverse=True)
+    sums = np.bincount(inv.reshape(-1), weights=vals, minlength=len(keys))
+    for (b, tc, c), v in zip(keys.tolist(), sums.tolist()):
+        if v:
+            gk = tuple(d.value(tc) if g == "type" else d.value(c) for g in q.group_by)
+            out[(b, gk)] = int(v)
     return out
 
 

@@ -4,7 +4,10 @@ The follower computes them from a batch's column segment with numpy (never per e
 merges them into the partition's `roll` DB:
     b"t" + type(4) + slot(4)            -> uint64 count of events of that type in the slot
     b"c" + dim(4) + type(4) + slot(4)   -> uint32 codes[k] + uint32 counts[k] (sorted by code)
+    b"v" + dim(4) + value(4) + type(4) + slot(4) -> uint64 count (a filtered count is a range scan)
+    b"C" + dim(4) + type(4) + day(4)    -> as b"c", per UTC day (top-N over days reads few blobs)
     b"u" + type(4) + slot(4)            -> sorted uint64 actor hashes (distinct set); type 0 = any type
+    b"U" + 0(4) + day(4)                -> the same per UTC day, any type
 (hashes: 64-bit FNV-1a of the type-tagged value, see hash_values)
 (type, dim and values are store-wide dictionary codes.) Fifteen-minute UTC slots rebuild any
 real time zone and DST transition exactly. Distinct sets are sorted 64-bit hashes of the actor
@@ -101,8 +104,34 @@ def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sk[starts], starts, order
 
 
+DAY_SLOTS = 96
+
+
+def _pair_counts(group: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique (group, code) pairs sorted, with their counts."""
+    order = np.lexsort((code, group))
+    g, c = group[order], code[order]
+    brk = np.ones(len(g), bool)
+    brk[1:] = (g[1:] != g[:-1]) | (c[1:] != c[:-1])
+    starts = np.flatnonzero(brk)
+    cnt = np.diff(np.append(starts, len(g))).astype(np.uint64)
+    return g[starts], c[starts], cnt
+
+
+def _runs(g: np.ndarray) -> list[tuple[int, int, int]]:
+    """(value, start, end) of each run of equal values in sorted g."""
+    if not len(g):
+        return []
+    starts = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
+    ends = np.append(starts[1:], len(g))
+    return list(zip(g[starts].tolist(), starts.tolist(), ends.tolist()))
+
+
 def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dict[bytes, tuple[str, Any]]:
-    """Rollup deltas of one segment: key -> ("t", count) | ("c", (codes, counts)) | ("u", codes)."""
+    """Rollup deltas of one segment, computed with numpy (never per event).
+
+    key -> ("t"|"v", count) | ("c"|"C", (codes, counts)) | ("u"|"U", sorted hashes)
+    """
     out: dict[bytes, tuple[str, Any]] = {}
     if seg.n == 0:
         return out
@@ -110,10 +139,10 @@ def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dic
     slots = cols["@t"] // SLOT_US
     types = cols["@y"].astype(np.int64)
     ts = (types << 32) | slots                       # (type, slot) in one int64
+    tday = (types << 32) | (slots // DAY_SLOTS)      # (type, day)
     uk, counts = np.unique(ts, return_counts=True)
     for k, c in zip(uk.tolist(), counts.tolist()):
         out[b"t" + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("t", c)
-    # per dimension: sort by (type, slot) then value code
     for dim_code, name in dims:
         col = global_codes(seg, name, d)
         if col is None:
@@ -121,33 +150,52 @@ def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dic
         m = col != 0
         if not m.any():
             continue
-        sel_ts, sel_code = ts[m], col[m]
-        order = np.lexsort((sel_code, sel_ts))
-        sts, scode = sel_ts[order], sel_code[order]
-        # unique (ts, code) pairs with counts
-        brk = np.concatenate([[True], (sts[1:] != sts[:-1]) | (scode[1:] != scode[:-1])])
-        starts = np.flatnonzero(brk)
-        cnt = np.diff(np.append(starts, len(sts))).astype(np.uint32)
-        pts, pcode = sts[starts], scode[starts]
-        gstarts = np.flatnonzero(np.concatenate([[True], pts[1:] != pts[:-1]]))
-        gends = np.append(gstarts[1:], len(pts))
-        for s, e in zip(gstarts.tolist(), gends.tolist()):
-            k = int(pts[s])
-            out[b"c" + _CTS.pack(dim_code, k >> 32, k & 0xFFFFFFFF)] = ("c", (pcode[s:e], cnt[s:e]))
+        dim_b = dim_code.to_bytes(4, "big")
+        g, c, cnt = _pair_counts(ts[m], col[m])
+        for k, s, e in _runs(g):
+            tb, sb = (k >> 32).to_bytes(4, "big"), (k & 0xFFFFFFFF).to_bytes(4, "big")
+            out[b"c" + dim_b + tb + sb] = ("c", (c[s:e], cnt[s:e]))
+            for code, n in zip(c[s:e].tolist(), cnt[s:e].tolist()):
+                out[b"v" + dim_b + code.to_bytes(4, "big") + tb + sb] = ("v", n)
+        g, c, cnt = _pair_counts(tday[m], col[m])
+        for k, s, e in _runs(g):
+            out[b"C" + dim_b + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("C", (c[s:e], cnt[s:e]))
     actor = actor_hashes(cols, seg.dicts, seg.n)
     m = actor != 0
     if m.any():
         sel_a = actor[m]
-        # per (type, slot) and per (any type, slot): type code 0 never names a type
-        for sel_ts in (ts[m], slots[m]):
-            order = np.lexsort((sel_a, sel_ts))
-            sts, sa = sel_ts[order], sel_a[order]
-            gstarts = np.flatnonzero(np.concatenate([[True], sts[1:] != sts[:-1]]))
-            gends = np.append(gstarts[1:], len(sts))
-            for s, e in zip(gstarts.tolist(), gends.tolist()):
-                k = int(sts[s])
-                out[b"u" + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("u", np.unique(sa[s:e]))
+        # per (type, slot), per (any type = 0, slot) and per (any type, day)
+        for tag, sel in ((b"u", ts[m]), (b"u", slots[m]), (b"U", slots[m] // DAY_SLOTS)):
+            order = np.lexsort((sel_a, sel))
+            sg, sa = sel[order], sel_a[order]
+            for k, s, e in _runs(sg):
+                out[tag + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("u", np.unique(sa[s:e]))
     return out
+
+
+def _merge_counts(old: bytes, codes: np.ndarray, counts: np.ndarray) -> bytes:
+    arr = np.frombuffer(old, np.uint32)
+    k = len(arr) // 2
+    oc, on = arr[:k], arr[k:].astype(np.uint64)
+    idx = np.searchsorted(oc, codes)
+    hit = idx < k
+    hit[hit] = oc[idx[hit]] == codes[hit]
+    on[idx[hit]] += counts[hit]
+    miss = ~hit
+    if miss.any():
+        oc = np.insert(oc, idx[miss], codes[miss])
+        on = np.insert(on, idx[miss], counts[miss])
+    return oc.astype(np.uint32).tobytes() + np.minimum(on, 0xFFFFFFFF).astype(np.uint32).tobytes()
+
+
+def _merge_set(old: bytes, new: np.ndarray) -> bytes:
+    oa = np.frombuffer(old, np.uint64)
+    idx = np.searchsorted(oa, new)
+    hit = idx < len(oa)
+    hit[hit] = oa[idx[hit]] == new[hit]
+    if hit.all():
+        return old
+    return np.insert(oa, idx[~hit], new[~hit]).tobytes()
 
 
 def merge_into(txn: Any, db: Any, deltas: dict[bytes, tuple[str, Any]]) -> None:
@@ -157,25 +205,17 @@ def merge_into(txn: Any, db: Any, deltas: dict[bytes, tuple[str, Any]]) -> None:
     for key in sorted(deltas):
         kind, val = deltas[key]
         old = get(key, db=db)
-        if kind == "t":
+        if kind == "t" or kind == "v":
             total = val + (int.from_bytes(old, "little") if old is not None else 0)
             items.append((key, total.to_bytes(8, "little")))
-        elif kind == "c":
+        elif kind == "c" or kind == "C":
             codes, counts = val
-            if old is not None:
-                arr = np.frombuffer(old, np.uint32)
-                k = len(arr) // 2
-                codes = np.concatenate([arr[:k], codes])
-                counts = np.concatenate([arr[k:], counts])
-                uc, inv = np.unique(codes, return_inverse=True)
-                counts = np.bincount(inv, weights=counts, minlength=len(uc)).astype(np.uint32)
-                codes = uc
-            items.append((key, codes.astype(np.uint32).tobytes() + counts.astype(np.uint32).tobytes()))
+            if old is None:
+                items.append((key, codes.astype(np.uint32).tobytes() + counts.astype(np.uint32).tobytes()))
+            else:
+                items.append((key, _merge_counts(old, codes.astype(np.uint32), counts.astype(np.uint64))))
         else:
-            codes = val
-            if old is not None:
-                codes = np.union1d(np.frombuffer(old, np.uint64), codes)
-            items.append((key, codes.astype(np.uint64).tobytes()))
+            items.append((key, val.astype(np.uint64).tobytes() if old is None else _merge_set(old, val)))
     txn.cursor(db=db).putmulti(items)
 
 
@@ -198,10 +238,29 @@ def read_counts(txn: Any, db: Any, type_code: int, slot_from: int, slot_to: int)
     return np.array(slots, np.int64), np.array(counts, np.int64)
 
 
+def read_value_counts(txn: Any, db: Any, dim_code: int, value_code: int, type_code: int, slot_from: int,
+                      slot_to: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slots, counts) of one dimension value and type over [slot_from, slot_to)."""
+    prefix = b"v" + dim_code.to_bytes(4, "big") + value_code.to_bytes(4, "big") + type_code.to_bytes(4, "big")
+    lo, hi = slot_key_range(prefix, slot_from, slot_to)
+    slots, counts = [], []
+    cur = txn.cursor(db=db)
+    if cur.set_range(lo):
+        for k, v in cur:
+            if k >= hi:
+                break
+            slots.append(int.from_bytes(k[13:17], "big"))
+            counts.append(int.from_bytes(v, "little"))
+    return np.array(slots, np.int64), np.array(counts, np.int64)
+
+
 def read_dim(txn: Any, db: Any, dim_code: int, type_code: int, slot_from: int,
-             slot_to: int) -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
-    """(slot, codes, counts) blobs of one dimension and type over [slot_from, slot_to)."""
-    prefix = b"c" + dim_code.to_bytes(4, "big") + type_code.to_bytes(4, "big")
+             slot_to: int, day: bool = False) -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
+    """(slot, codes, counts) blobs of one dimension and type over [slot_from, slot_to).
+
+    With day=True the arguments and results are UTC day numbers (day-level blobs).
+    """
+    prefix = (b"C" if day else b"c") + dim_code.to_bytes(4, "big") + type_code.to_bytes(4, "big")
     lo, hi = slot_key_range(prefix, slot_from, slot_to)
     cur = txn.cursor(db=db)
     if cur.set_range(lo):
@@ -214,8 +273,9 @@ def read_dim(txn: Any, db: Any, dim_code: int, type_code: int, slot_from: int,
 
 
 def read_users(txn: Any, db: Any, type_code: int, slot_from: int,
-               slot_to: int) -> Iterable[tuple[int, np.ndarray]]:
-    prefix = b"u" + type_code.to_bytes(4, "big")
+               slot_to: int, day: bool = False) -> Iterable[tuple[int, np.ndarray]]:
+    """(slot or day, sorted actor hashes); day-level sets exist for type 0 (any type) only."""
+    prefix = (b"U" if day else b"u") + type_code.to_bytes(4, "big")
     lo, hi = slot_key_range(prefix, slot_from, slot_to)
     cur = txn.cursor(db=db)
     if cur.set_range(lo):

@@ -608,9 +608,22 @@ def _rollups(store: Any, q: Query, B: np.ndarray | None, plan: tuple, func: str,
     tcs = np.concatenate(piece_type) if gb_type else np.zeros(len(t), np.int64)
     ccs = np.concatenate(piece_code) if gb_dim else np.zeros(len(t), np.int64)
     vals = np.concatenate(piece_n)
-    keys, inv = np.unique(np.stack([bidx, tcs, ccs], axis=1), axis=0, return_inverse=True)
-    sums = np.bincount(inv.reshape(-1), weights=vals, minlength=len(keys))
-    for (b, tc, c), v in zip(keys.tolist(), sums.tolist()):
+    ub, ib = np.unique(bidx, return_inverse=True)
+    ut, it_ = np.unique(tcs, return_inverse=True)
+    uc, ic = np.unique(ccs, return_inverse=True)
+    dense = (ib.reshape(-1) * len(ut) + it_.reshape(-1)) * len(uc) + ic.reshape(-1)
+    size = len(ub) * len(ut) * len(uc)
+    if size <= 50_000_000:
+        sums = np.bincount(dense, weights=vals, minlength=size)
+        nz = np.flatnonzero(sums)
+        trip = zip(ub[nz // (len(ut) * len(uc))].tolist(), ut[(nz // len(uc)) % len(ut)].tolist(),
+                   uc[nz % len(uc)].tolist(), sums[nz].tolist())
+    else:
+        keys, inv = np.unique(dense, return_inverse=True)
+        sums = np.bincount(inv.reshape(-1), weights=vals, minlength=len(keys))
+        trip = zip(ub[keys // (len(ut) * len(uc))].tolist(), ut[(keys // len(uc)) % len(ut)].tolist(),
+                   uc[keys % len(uc)].tolist(), sums.tolist())
+    for b, tc, c, v in trip:
         if v:
             gk = tuple(d.value(tc) if g == "type" else d.value(c) for g in q.group_by)
             out[(b, gk)] = int(v)
@@ -658,22 +671,11 @@ def run_query(store: Any, q: Query) -> QueryResult:
         for gk in gkeys:
             for b in range(nb):
                 groups.setdefault((b, gk), 0)
-    entries = []
-    for (b, gk), v in groups.items():
-        if B is not None and not 0 <= b < len(B) - 1:
-            continue
-        ks = (b, tuple(_rank(x) for x in gk))
-        if q.order == "value_desc":
-            sk = (-v, ks)
-        elif q.order == "value_asc":
-            sk = (v, ks)
-        else:
-            sk = ks
-        entries.append((sk, b, gk, v))
-    entries.sort(key=lambda x: x[0])
-    total = len(entries)
+    nb = len(B) - 1 if B is not None else 0
+    items = [(b, gk, v) for (b, gk), v in groups.items() if B is None or 0 <= b < nb]
+    total = len(items)
     fp = _fingerprint(q, interval)
-    start_i = 0
+    after = None
     if q.page_token:
         try:
             raw = msgpack.unpackb(base64.urlsafe_b64decode(q.page_token + "=" * (-len(q.page_token) % 4)))
@@ -682,11 +684,40 @@ def run_query(store: Any, q: Query) -> QueryResult:
             raise QueryError("page_token", "not a page token from this API; start again without it") from None
         if tfp != fp:
             raise QueryError("page_token", "belongs to a different query; start again without it")
-        start_i = bisect.bisect_right([e[0] for e in entries], after)
-    page = entries[start_i:start_i + q.limit]
+    desc = q.order == "value_desc"
+
+    def skey(item: tuple[int, tuple, Any]) -> tuple:
+        b, gk, v = item
+        ks = (b, tuple(_rank(x) for x in gk))
+        return ks if q.order == "time" else ((-v if desc else v), ks)
+
+    if q.order == "time":
+        entries = sorted(((skey(it), it) for it in items), key=lambda x: x[0])
+        start_i = bisect.bisect_right([e[0] for e in entries], after) if after is not None else 0
+        page = entries[start_i:start_i + q.limit]
+        more = start_i + q.limit < total
+    else:
+        # Top-N without sorting every group: keep groups whose value can reach the page.
+        vals = np.array([float(v) for _, _, v in items]) if items else np.zeros(0)
+        score = -vals if desc else vals                   # smaller score first
+        idx = np.arange(len(items))
+        if after is not None:
+            tv = float(after[0])
+            ties = [i for i in np.flatnonzero(score == tv).tolist() if skey(items[i]) > after]
+            idx = np.concatenate([np.flatnonzero(score > tv), np.array(ties, np.int64)])
+        k = q.limit + 1
+        if len(idx) > k:
+            kth = np.partition(score[idx], k - 1)[k - 1]
+            cand = idx[score[idx] <= kth]
+        else:
+            cand = idx
+        entries = sorted(((skey(items[i]), items[i]) for i in cand.tolist()), key=lambda x: x[0])
+        page = entries[:q.limit]
+        more = len(idx) > q.limit
     token = None
-    if start_i + q.limit < total:
+    if more and page:
         token = base64.urlsafe_b64encode(msgpack.packb([fp, page[-1][0]])).decode().rstrip("=")
+    page = [(sk, b, gk, v) for sk, (b, gk, v) in page]
     rows = []
     for _, b, gk, v in page:
         keys: dict[str, Any] = {}

@@ -50,6 +50,7 @@ DEFAULT_DIMENSIONS = ("org", "project", "path", "referrer_host", "status", "cach
 INDEXED = ("user", "session")          # key-only secondary indexes
 MAX_PENDING = 1_000_000                # events queued for the writer before submit refuses
 FOLLOW_CHUNK = columns.SEG_ROWS
+FOLLOW_BACKLOG = 200_000             # beyond this many events behind, hand over keys, not events
 FOLLOW_DELAY = 0.25                    # seconds the follower waits to gather a bigger chunk
 TAIL_MERGE = columns.SEG_ROWS // 4     # a tail segment smaller than this absorbs the next chunk
 RETENTION_EVERY = 3600.0
@@ -396,7 +397,13 @@ class Store:
                         break
                 self._queued -= n
             if batch:
-                self._write(batch)
+                try:
+                    self._write(batch)
+                except BaseException as e:  # noqa: BLE001 - a writer bug must not hang every caller
+                    err = StoreIOError(f"the writer of {self.root} failed: {e!r}")
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(err)
             if time.monotonic() - self._last_retention > RETENTION_EVERY:
                 try:
                     self.apply_retention()
@@ -435,10 +442,14 @@ class Store:
                 p.future.set_result(RecordResult(p.accepted, p.duplicates, p.errors))
         if handed:
             with self._follow_cond:
-                for h in handed:
-                    if h[1]:
-                        self._follow.append(h)
-                        self._handed += len(h[1])
+                lagging = self._handed - self._followed > FOLLOW_BACKLOG
+                for stem, rows in handed:
+                    if rows:
+                        if lagging:
+                            # Bound memory: the follower re-reads these rows from LMDB.
+                            rows = [(k, None) for k, _ in rows]  # type: ignore[misc]
+                        self._follow.append((stem, rows))
+                        self._handed += len(rows)
                 self._follow_cond.notify()
 
     def _write_partition(self, part: Partition, items: list[tuple[_Pending, Event]]) -> list[tuple[bytes, Event]]:
@@ -517,12 +528,12 @@ class Store:
             wm = self._watermark(part)
             if top <= wm:
                 continue
-            todo: list[tuple[bytes, Event]] = []
+            todo: list[tuple[bytes, Event | None]] = []
             with part.events.begin() as txn:
                 cur = txn.cursor(part.rows)
-                for k, v in cur:
+                for k in cur.iternext(values=False):
                     if int.from_bytes(k[8:], "big") > wm:
-                        todo.append((k, decode_row(k, v)))
+                        todo.append((k, None))     # decoded by the follower, a chunk at a time
             todo.sort(key=lambda kv: kv[0][8:])
             for i in range(0, len(todo), FOLLOW_CHUNK):
                 chunk = todo[i:i + FOLLOW_CHUNK]
@@ -576,6 +587,9 @@ class Store:
         if part.closed:
             return
         d = self.dictionary
+        if any(e is None for _, e in rows):
+            with part.events.begin() as txn:
+                rows = [(k, e if e is not None else decode_row(k, txn.get(k, db=part.rows))) for k, e in rows]
         events = [e for _, e in rows]
         seg = columns.build_segment(events, d)
         deltas = rollups.compute(seg, self._dims, d)

@@ -564,7 +564,7 @@ def _rollups(store: Any, q: Query, B: np.ndarray | None, plan: tuple, func: str,
                     piece_type.append(np.full(len(sl), tc, np.int64))
                     piece_code.append(np.zeros(len(sl), np.int64))
                     piece_n.append(cn)
-                elif not gb_dim:
+                elif not gb_dim and dim in rollups.V_DIMS:
                     if not dim_code or fcodes is None:
                         continue
                     for vc in fcodes.tolist():

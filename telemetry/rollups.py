@@ -105,6 +105,10 @@ def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 DAY_SLOTS = 96
+# Dimensions that also get per-value slot counters (b"v"): the low-cardinality ones that
+# dashboards filter by. High-cardinality ones (path, referrer_host) would cost a key per
+# value per slot; filters on them read the b"c" blobs instead.
+V_DIMS = frozenset({"org", "project", "status", "cache", "group", "country", "campaign"})
 
 
 def _pair_counts(group: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -155,8 +159,9 @@ def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dic
         for k, s, e in _runs(g):
             tb, sb = (k >> 32).to_bytes(4, "big"), (k & 0xFFFFFFFF).to_bytes(4, "big")
             out[b"c" + dim_b + tb + sb] = ("c", (c[s:e], cnt[s:e]))
-            for code, n in zip(c[s:e].tolist(), cnt[s:e].tolist()):
-                out[b"v" + dim_b + code.to_bytes(4, "big") + tb + sb] = ("v", n)
+            if name in V_DIMS:
+                for code, n in zip(c[s:e].tolist(), cnt[s:e].tolist()):
+                    out[b"v" + dim_b + code.to_bytes(4, "big") + tb + sb] = ("v", n)
         g, c, cnt = _pair_counts(tday[m], col[m])
         for k, s, e in _runs(g):
             out[b"C" + dim_b + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("C", (c[s:e], cnt[s:e]))

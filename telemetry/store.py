@@ -49,8 +49,8 @@ DEFAULT_DIMENSIONS = ("org", "project", "path", "referrer_host", "status", "cach
                       "geo_cell", "campaign")
 INDEXED = ("user", "session")          # key-only secondary indexes
 MAX_PENDING = 1_000_000                # events queued for the writer before submit refuses
-FOLLOW_CHUNK = columns.SEG_ROWS
-FOLLOW_BACKLOG = 200_000             # beyond this many events behind, hand over keys, not events
+FOLLOW_CHUNK = columns.SEG_ROWS // 2
+FOLLOW_BACKLOG = 20_000             # beyond this many events behind, hand over keys, not events
 FOLLOW_DELAY = 0.25                    # seconds the follower waits to gather a bigger chunk
 TAIL_MERGE = columns.SEG_ROWS // 4     # a tail segment smaller than this absorbs the next chunk
 RETENTION_EVERY = 3600.0

@@ -71,8 +71,13 @@ class Dictionary:
         return c
 
     def lookup(self, v: Any) -> int:
-        """The code of `v`, or 0 when the value never occurred."""
-        return self.codes.get(_vkey(v), 0)
+        """The code of `v`, or 0 when the value never occurred (re-reading codes another
+        process, the follower, may have added since)."""
+        c = self.codes.get(_vkey(v), 0)
+        if not c and not self.pending:
+            self.reload()
+            c = self.codes.get(_vkey(v), 0)
+        return c
 
     def value(self, code: int) -> Any:
         if code >= len(self.values):

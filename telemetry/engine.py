@@ -447,7 +447,7 @@ def _rollup_plan(store: Any, q: Query, B: np.ndarray | None, func: str, s_us: in
         return None
     if s_us % SLOT or e_us % SLOT or (B is not None and (B % SLOT).any()):
         return None
-    dims = {name for _, name in getattr(store, "_dims", ())}
+    dims = {name for name in store.settings.dimensions if name != "geo_cell"}
     dim = None
     values = None
     types = set(q.types) if q.types else None

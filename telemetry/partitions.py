@@ -109,37 +109,57 @@ def open_env(path: Path, map_size: int, *, sync: bool, readonly: bool = False, m
 class Partition:
     """The two environments of one partition; DB handles opened once."""
 
-    def __init__(self, root: Path, name: PartitionName, map_size: int, sync: bool, readonly: bool = False) -> None:
+    def __init__(self, root: Path, name: PartitionName, map_size: int, sync: bool, readonly: bool = False,
+                 follower: bool = False, derived_map: int | None = None) -> None:
+        """Open (creating unless readonly/follower) the partition's files.
+
+        The writer's process opens the events file with `map_size` (it grows it); the
+        follower opens it only to read, with a large sparse map so the writer's growth never
+        needs a resize there, and creates nothing.
+        """
         self.name = name
         self.events_path = root / f"{name.stem}.events.lmdb"
         self.derived_path = root / f"{name.stem}.derived.lmdb"
         self.readonly = readonly
+        create = not readonly and not follower
+        if follower and not self.events_path.exists():
+            raise StoreIOError(f"{self.events_path} does not exist yet")
         self.events = open_env(self.events_path, map_size, sync=sync, readonly=readonly)
         try:
             # Derived files are rebuilt from the rows when lost (delete them and reopen), so
             # they skip fsync: a killed process loses nothing, an OS crash at worst needs a rebuild.
-            self.derived = open_env(self.derived_path, map_size, sync=False, readonly=readonly)
+            self.derived = open_env(self.derived_path, derived_map or map_size, sync=False, readonly=readonly)
         except StoreIOError:
             if not readonly:
                 raise
             self.derived = None  # a read-only open of a partition the follower never reached
         try:
-            self.rows = self.events.open_db(b"rows", create=not readonly)
-            self.ids = self.events.open_db(b"ids", create=not readonly)
-            self.info = self.events.open_db(b"info", create=not readonly)
+            self.rows = self.events.open_db(b"rows", create=create)
+            self.ids = self.events.open_db(b"ids", create=create)
+            self.info = self.events.open_db(b"info", create=create)
+            self.log = self.events.open_db(b"log", create=create)
         except lmdb.Error as e:
+            self.close_envs()
             raise lmdb_error(e, self.events_path, self.events, "cannot open the tables of") from e
         self.segs = self.roll = self.idx = self.dinfo = None
         if self.derived is not None:
             try:
-                self.segs = self.derived.open_db(b"segs", create=not readonly)
-                self.roll = self.derived.open_db(b"roll", create=not readonly)
-                self.idx = self.derived.open_db(b"idx", create=not readonly)
-                self.dinfo = self.derived.open_db(b"info", create=not readonly)
-            except lmdb.Error:
+                self.segs = self.derived.open_db(b"segs", create=create)
+                self.roll = self.derived.open_db(b"roll", create=create)
+                self.idx = self.derived.open_db(b"idx", create=create)
+                self.dinfo = self.derived.open_db(b"info", create=create)
+            except lmdb.Error as e:
+                if follower:
+                    self.close_envs()
+                    raise lmdb_error(e, self.derived_path, self.derived, "not ready:") from e
                 self.derived = None
         self.grow_lock = threading.Lock()
         self.closed = False
+
+    def close_envs(self) -> None:
+        self.events.close()
+        if self.derived is not None:
+            self.derived.close()
 
     def close(self) -> None:
         if not self.closed:

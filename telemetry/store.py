@@ -33,7 +33,7 @@ import lmdb
 import msgpack
 import numpy as np
 
-from telemetry import columns, rollups
+from telemetry import follower, rollups
 from telemetry.dictionary import Dictionary
 from telemetry.errors import (EventError, QueryError, StoreClosedError, StoreError, StoreFullError,
                               StoreIOError, TelemetryError)
@@ -49,15 +49,9 @@ DEFAULT_DIMENSIONS = ("org", "project", "path", "referrer_host", "status", "cach
                       "geo_cell", "campaign")
 INDEXED = ("user", "session")          # key-only secondary indexes
 MAX_PENDING = 1_000_000                # events queued for the writer before submit refuses
-FOLLOW_CHUNK = columns.SEG_ROWS // 2
-FOLLOW_BACKLOG = 20_000             # beyond this many events behind, hand over keys, not events
-FOLLOW_DELAY = 0.25                    # seconds the follower waits to gather a bigger chunk
-TAIL_MERGE = columns.SEG_ROWS // 4     # a tail segment smaller than this absorbs the next chunk
 RETENTION_EVERY = 3600.0
+FOLLOWER_START_TIMEOUT = 60.0
 _SEQ = b"seq"
-_WM = b"wm"
-_TAIL = b"tail"
-_NEXTSEG = b"nextseg"
 
 
 @dataclass(frozen=True)
@@ -73,6 +67,7 @@ class StoreSettings:
     batch_max: int = 1000
     batch_interval: float = 0.010
     sync: bool = True
+    follower: str = "process"                    # "process" (own core, no GIL sharing) | "thread"
 
     def validate(self) -> StoreSettings:
         if self.partition not in ("day", "week"):
@@ -83,6 +78,8 @@ class StoreSettings:
         for k, v in self.retention.items():
             if not isinstance(v, timedelta) or v <= timedelta(0):
                 raise StoreError(f"telemetry.retention.{k}: expected a positive duration, got {v!r}")
+        if self.follower not in ("process", "thread"):
+            raise StoreError(f"telemetry.follower: {self.follower!r} is not one of process, thread")
         if self.batch_max < 1 or self.batch_interval < 0:
             raise StoreError("telemetry.batch_max must be >= 1 and batch_interval >= 0")
         return self
@@ -179,12 +176,12 @@ class Store:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued = 0
         self._cond = threading.Condition()
-        self._follow: collections.deque[tuple[str, list[tuple[bytes, Event]]]] = collections.deque()
-        self._follow_cond = threading.Condition()
-        self._handed = 0          # events handed to the follower
-        self._followed = 0        # events folded into derived files
+        self._writing = False
         self._follow_error: BaseException | None = None
-        self._flush_now = False
+        self._nudge = threading.Event()           # "new rows committed" (thread follower)
+        self._stop_follower = threading.Event()
+        self._child: Any = None                   # the follower process
+        self._conn: Any = None
         self._class_of: dict[str, str] = {}
         self._last_retention = 0.0
         self.dictionary: Dictionary
@@ -219,22 +216,47 @@ class Store:
             parsed = parse_name(f.name)
             if parsed is None:
                 continue
-            part = Partition(self.pdir, parsed[0], settings.map_size, settings.sync, readonly=readonly)
+            part = Partition(self.pdir, parsed[0], settings.map_size, settings.sync, readonly=readonly,
+                             derived_map=self._derived_map)
             self._parts[parsed[0].stem] = part
             with part.events.begin() as txn:
                 raw = txn.get(_SEQ, db=part.info)
                 if raw is not None:
                     self._seq = max(self._seq, int.from_bytes(raw, "big"))
         if not readonly:
-            self._dims = tuple((self.dictionary.code(d), d) for d in settings.dimensions if d != "geo_cell")
-            self.dictionary.commit()
             self.apply_retention()
+            self._start_follower()
             self._writer = threading.Thread(target=self._writer_loop, name="telemetry-writer", daemon=True)
-            self._follower = threading.Thread(target=self._follower_loop, name="telemetry-follower", daemon=True)
-            self._catch_up()
             self._writer.start()
-            self._follower.start()
         return self
+
+    def _start_follower(self) -> None:
+        s = self.settings
+        if s.follower == "thread":
+            self._follower = threading.Thread(target=self._follower_thread, name="telemetry-follower", daemon=True)
+            self._follower.start()
+            return
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")   # never fork a process that has threads
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=follower.child_main, name="portico-telemetry-follower", daemon=True,
+                           args=(str(self.root), tuple(s.dimensions), s.sync, self._derived_map, child, os.getpid()))
+        proc.start()
+        child.close()
+        self._child, self._conn = proc, parent
+        if not parent.poll(FOLLOWER_START_TIMEOUT):
+            proc.kill()
+            raise StoreIOError(f"the follower process for {self.root} did not start within "
+                               f"{FOLLOWER_START_TIMEOUT:.0f} s")
+        kind, text = parent.recv()
+        if kind != "ready":
+            proc.join(5)
+            raise StoreIOError(f"the follower process for {self.root} failed: {text}")
+
+    @property
+    def _derived_map(self) -> int:
+        return min(self.settings.max_map_size, follower.DERIVED_MAP)
 
     def close(self) -> None:
         """Commit what is queued, let the follower catch up, and close every file."""
@@ -243,16 +265,30 @@ class Store:
         if not self.readonly:
             try:
                 self.flush(timeout=60)
-            except TelemetryError:
+            except (TelemetryError, TimeoutError):
                 pass
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        with self._follow_cond:
-            self._follow_cond.notify_all()
-        for t in (self._writer, self._follower):
-            if t is not None:
-                t.join(timeout=30)
+        if self._writer is not None:
+            self._writer.join(timeout=30)
+        self._stop_follower.set()
+        self._nudge.set()
+        if self._follower is not None:
+            self._follower.join(timeout=30)
+        if self._child is not None:
+            try:
+                self._conn.send("stop")
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and self._conn.poll(deadline - time.monotonic()):
+                    if self._conn.recv()[0] == "stopped":
+                        break
+            except (EOFError, OSError):
+                pass
+            self._child.join(timeout=10)
+            if self._child.is_alive():
+                self._child.kill()
+            self._conn.close()
         self._rw.acquire_write()
         try:
             for p in self._parts.values():
@@ -288,7 +324,7 @@ class Store:
                 p = self._parts.get(stem)
                 if p is None:
                     p = Partition(self.pdir, PartitionName(cls, period, s, e), self.settings.map_size,
-                                  self.settings.sync)
+                                  self.settings.sync, derived_map=self._derived_map)
                     self._parts[stem] = p
         return p
 
@@ -396,6 +432,7 @@ class Store:
                             n += len(p.events)
                         break
                 self._queued -= n
+                self._writing = bool(batch)
             if batch:
                 try:
                     self._write(batch)
@@ -404,6 +441,8 @@ class Store:
                     for p in batch:
                         if not p.future.done():
                             p.future.set_exception(err)
+                finally:
+                    self._writing = False
             if time.monotonic() - self._last_retention > RETENTION_EVERY:
                 try:
                     self.apply_retention()
@@ -441,16 +480,7 @@ class Store:
             if not p.future.done():
                 p.future.set_result(RecordResult(p.accepted, p.duplicates, p.errors))
         if handed:
-            with self._follow_cond:
-                lagging = self._handed - self._followed > FOLLOW_BACKLOG
-                for stem, rows in handed:
-                    if rows:
-                        if lagging:
-                            # Bound memory: the follower re-reads these rows from LMDB.
-                            rows = [(k, None) for k, _ in rows]  # type: ignore[misc]
-                        self._follow.append((stem, rows))
-                        self._handed += len(rows)
-                self._follow_cond.notify()
+            self._nudge.set()
 
     def _write_partition(self, part: Partition, items: list[tuple[_Pending, Event]]) -> list[tuple[bytes, Event]]:
         """Commit one partition's share of a batch; returns the new (key, event) rows.
@@ -491,6 +521,10 @@ class Store:
                         cur.putmulti(rows, append=rows[0][0] > last)
                         idrows = sorted(zip(idkeys, [k for k, _ in new]))
                         ids_cur.putmulti(idrows)
+                        # the follower's feed: seq -> row key, in commit order
+                        first = seq - len(new) + 1
+                        txn.cursor(part.log).putmulti(
+                            [((first + i).to_bytes(8, "big"), k) for i, (k, _) in enumerate(new)], append=True)
                         txn.put(_SEQ, seq.to_bytes(8, "big"), db=part.info)
             except lmdb.MapFullError as e:
                 self._grow(part, e)
@@ -519,158 +553,74 @@ class Store:
 
     # ---- the follower ------------------------------------------------------------------
 
-    def _catch_up(self) -> None:
-        """Queue rows the follower has not folded in yet (after a crash or kill)."""
-        for part in self.partitions():
-            with part.events.begin() as txn:
-                raw = txn.get(_SEQ, db=part.info)
-                top = int.from_bytes(raw, "big") if raw else 0
-            wm = self._watermark(part)
-            if top <= wm:
-                continue
-            todo: list[tuple[bytes, Event | None]] = []
-            with part.events.begin() as txn:
-                cur = txn.cursor(part.rows)
-                for k in cur.iternext(values=False):
-                    if int.from_bytes(k[8:], "big") > wm:
-                        todo.append((k, None))     # decoded by the follower, a chunk at a time
-            todo.sort(key=lambda kv: kv[0][8:])
-            for i in range(0, len(todo), FOLLOW_CHUNK):
-                chunk = todo[i:i + FOLLOW_CHUNK]
-                self._follow.append((part.name.stem, chunk))
-                self._handed += len(chunk)
-
-    def _watermark(self, part: Partition) -> int:
-        if part.derived is None:
-            return 0
-        with part.derived.begin() as txn:
-            raw = txn.get(_WM, db=part.dinfo)
-            return int.from_bytes(raw, "big") if raw else 0
-
-    def _follower_loop(self) -> None:
-        """Fold committed rows in chunks: up to FOLLOW_CHUNK events or FOLLOW_DELAY of waiting.
-
-        Bigger chunks mean fewer, larger segments and fewer rollup read-modify-writes; the
-        delay bounds how stale queries can be (well under the 2 s target).
-        """
-        while True:
-            with self._follow_cond:
-                while not self._follow and not (self._closed and self._writer is not None
-                                                 and not self._writer.is_alive()):
-                    self._follow_cond.wait(timeout=0.5)
-                if not self._follow:
-                    return
-                first_seen = time.monotonic()
-                while (self._pending_follow() < FOLLOW_CHUNK and not self._flush_now and not self._closed
-                       and time.monotonic() - first_seen < FOLLOW_DELAY):
-                    self._follow_cond.wait(timeout=FOLLOW_DELAY / 4)
-                work: dict[str, list[tuple[bytes, Event]]] = {}
-                n = 0
-                while self._follow and n < FOLLOW_CHUNK:
-                    stem, rows = self._follow.popleft()
-                    work.setdefault(stem, []).extend(rows)
-                    n += len(rows)
-            for stem, rows in work.items():
-                try:
-                    self._fold(self._parts[stem], rows)
-                except BaseException as e:  # noqa: BLE001 - kept for flush()/stats to report
-                    self._follow_error = e
-                with self._follow_cond:
-                    self._followed += len(rows)
-                    self._follow_cond.notify_all()
-
-    def _pending_follow(self) -> int:
-        return self._handed - self._followed
-
-    def _fold(self, part: Partition, rows: list[tuple[bytes, Event]]) -> None:
-        """Fold committed rows into the partition's segment, rollups and indexes."""
-        if part.closed:
-            return
-        d = self.dictionary
-        if any(e is None for _, e in rows):
-            with part.events.begin() as txn:
-                rows = [(k, e if e is not None else decode_row(k, txn.get(k, db=part.rows))) for k, e in rows]
-        events = [e for _, e in rows]
-        seg = columns.build_segment(events, d)
-        deltas = rollups.compute(seg, self._dims, d)
-        idx_items: list[tuple[bytes, bytes]] = []
-        for tag, name in ((b"u", "user"), (b"s", "session")):
-            c = seg.cols.get("c:" + name)
-            if c is not None:
-                raw = rollups.hash_table(seg.dicts.get("c:" + name, [])).astype(">u8").tobytes()
-                hb = [raw[j:j + 8] for j in range(0, len(raw), 8)]
-                keys = [k for k, _ in rows]
-                idx_items.extend((tag + hb[ci] + keys[i], b"") for i, ci in enumerate(c.tolist()) if ci)
-        idx_items.sort()
-        top = max(int.from_bytes(k[8:], "big") for k, _ in rows)
-        d.commit()   # codes before anything that refers to them
-        while True:
-            try:
-                with part.derived.begin(write=True) as txn:
-                    raw = txn.get(_WM, db=part.dinfo)
-                    if raw is not None and int.from_bytes(raw, "big") >= top:
-                        return   # already folded (catch-up raced a live hand-over)
-                    tail_raw = txn.get(_TAIL, db=part.dinfo)
-                    nxt_raw = txn.get(_NEXTSEG, db=part.dinfo)
-                    nxt = int.from_bytes(nxt_raw, "big") if nxt_raw else 0
-                    target, merged = nxt, seg
-                    if tail_raw is not None:
-                        tail = int.from_bytes(tail_raw, "big")
-                        h = columns.read_header(txn, part.segs, tail)
-                        if h is not None and h["n"] < TAIL_MERGE and h["n"] + seg.n <= columns.SEG_ROWS:
-                            merged = columns.concat(columns.read_segment(txn, part.segs, tail), seg)
-                            target = tail
-                    if target == nxt:
-                        txn.put(_NEXTSEG, (nxt + 1).to_bytes(8, "big"), db=part.dinfo)
-                    txn.put(_TAIL, target.to_bytes(8, "big"), db=part.dinfo)
-                    txn.cursor(part.segs).putmulti(columns.encode_segment(target, merged))
-                    rollups.merge_into(txn, part.roll, deltas)
-                    if idx_items:
-                        txn.cursor(part.idx).putmulti(idx_items)
-                    txn.put(_WM, top.to_bytes(8, "big"), db=part.dinfo)
-                return
-            except lmdb.MapFullError as e:
-                self._grow(part, e, part.derived)
-            except lmdb.Error as e:
-                raise lmdb_error(e, part.derived_path, part.derived, "cannot write rollups to") from e
-
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything recorded so far is committed and folded into rollups/segments.
 
         Raises:
             TimeoutError: not caught up within `timeout` seconds.
-            StoreError: the follower failed (the error it hit).
+            StoreError: the follower failed (the error it hit) or its process died.
         """
         if self.readonly or self._writer is None:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._queue and not self._closed:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"writer did not drain within {timeout} s")
-                self._cond.wait(timeout=0.01 if left is None else min(0.01, left))
-        # the writer may still hold a batch: wait for its futures through the follower count
-        self._flush_now = True
-        with self._follow_cond:
-            self._follow_cond.notify_all()
+
+        def left() -> float | None:
+            return None if deadline is None else deadline - time.monotonic()
+
+        while self._writer_busy() and not self._closed:
+            if (x := left()) is not None and x <= 0:
+                raise TimeoutError(f"writer did not drain within {timeout} s")
+            time.sleep(0.002)
+        self._nudge.set()
         while True:
-            with self._follow_cond:
-                if self._followed >= self._handed and not self._writer_busy():
-                    break
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"rollups not caught up within {timeout} s "
-                                       f"({self._handed - self._followed} events behind)")
-                self._follow_cond.wait(timeout=0.01)
-        self._flush_now = False
+            self._check_follower()
+            lagging = [p for p in self.partitions() if follower.watermark(p) < follower.top_seq(p)]
+            if not lagging:
+                return
+            if (x := left()) is not None and x <= 0:
+                raise TimeoutError(f"rollups not caught up within {timeout} s "
+                                   f"({sum(follower.behind(p) for p in lagging)} events behind)")
+            self._nudge.set()
+            time.sleep(0.005)
+
+    def _check_follower(self) -> None:
+        """Raise what the follower reported; StoreIOError if its process died."""
+        if self._conn is not None:
+            try:
+                while self._conn.poll():
+                    kind, text = self._conn.recv()
+                    if kind == "error":
+                        self._follow_error = StoreIOError(f"follower of {self.root}: {text}")
+            except (EOFError, OSError):
+                pass
+            if self._child is not None and not self._child.is_alive() and not self._closed:
+                raise StoreIOError(f"the follower process of {self.root} exited (code {self._child.exitcode}); "
+                                   "reopen the store to restart it")
         if self._follow_error is not None:
             e, self._follow_error = self._follow_error, None
             raise e if isinstance(e, TelemetryError) else StoreIOError(f"follower failed: {e!r}")
 
     def _writer_busy(self) -> bool:
         with self._cond:
-            return bool(self._queue) or self._queued > 0
+            return bool(self._queue) or self._queued > 0 or self._writing
+
+    def _follower_thread(self) -> None:
+        f = follower.Follower(self.dictionary, self.settings.dimensions, self.partitions)
+        while not self._stop_follower.is_set():
+            try:
+                n = f.run_once()
+            except BaseException as e:  # noqa: BLE001 - reported by flush()
+                self._follow_error = e
+                n = 0
+                self._stop_follower.wait(0.5)
+            if n == 0:
+                self._nudge.wait(follower.IDLE_SLEEP * 5)
+                self._nudge.clear()
+        try:
+            while f.run_once():
+                pass
+        except BaseException:  # noqa: BLE001 - the next open catches up
+            pass
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -786,7 +736,7 @@ class Store:
                         break
                     keys.append(k[9:])
         # rows not folded in yet are found by the scan path
-        if self._watermark(part) < self._part_seq(part):
+        if follower.watermark(part) < follower.top_seq(part):
             return None
         if desc:
             keys.reverse()
@@ -795,11 +745,6 @@ class Store:
         elif after is not None:
             keys = [k for k in keys if k > after]
         return keys
-
-    def _part_seq(self, part: Partition) -> int:
-        with part.events.begin() as txn:
-            raw = txn.get(_SEQ, db=part.info)
-            return int.from_bytes(raw, "big") if raw else 0
 
     def stats(self) -> StoreStats:
         """Events, bytes on disk, partitions, oldest/newest event time, follower lag."""
@@ -825,7 +770,7 @@ class Store:
                               "map_size": part.events.info()["map_size"]})
         size += (self.root / "dict.lmdb").stat().st_size if (self.root / "dict.lmdb").exists() else 0
         return StoreStats(events, size, len(parts), _dt(oldest), _dt(newest),
-                          pending=max(0, self._handed - self._followed), files=files)
+                          pending=sum(follower.behind(p) for p in parts), files=files)
 
     # ---- retention, backup, restore ----------------------------------------------------
 

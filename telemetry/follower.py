@@ -1,0 +1,241 @@
+"""The follower: folds committed rows into segments, rollups and key-only indexes.
+
+It reads what the writer committed through each partition's `log` DB (seq -> row key), so
+it needs nothing from the writer but the files: it runs in a child process by default
+(CPython's GIL would otherwise make every rollup computation delay acknowledgements), or
+in a thread (`StoreSettings.follower = "thread"`). Its watermark per partition (the last
+seq folded in) is committed in the same transaction as the derived data, so a kill at any
+point loses nothing: the next run continues from the watermark.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from telemetry import columns, rollups
+from telemetry.dictionary import Dictionary
+from telemetry.events import Event, decode_row
+from telemetry.partitions import Partition, lmdb_error, parse_name
+
+CHUNK = columns.SEG_ROWS // 2            # events folded per transaction
+IDLE_SLEEP = 0.02                        # seconds between polls when idle
+GATHER = 0.1                             # wait this long for a small backlog to grow
+TAIL_MERGE = columns.SEG_ROWS // 4       # a tail segment smaller than this absorbs the next chunk
+DERIVED_MAP = 1 << 36                    # map size of derived files (64 GiB of address space, sparse)
+WM = b"wm"
+TAIL = b"tail"
+NEXTSEG = b"nextseg"
+SEQ = b"seq"
+
+
+def watermark(part: Partition) -> int:
+    """Last sequence number folded into the partition's derived file (0: none)."""
+    if part.derived is None:
+        return 0
+    with part.derived.begin() as txn:
+        raw = txn.get(WM, db=part.dinfo)
+        return int.from_bytes(raw, "big") if raw else 0
+
+
+def top_seq(part: Partition) -> int:
+    """Last sequence number committed to the partition's rows."""
+    with part.events.begin() as txn:
+        raw = txn.get(SEQ, db=part.info)
+        return int.from_bytes(raw, "big") if raw else 0
+
+
+def behind(part: Partition) -> int:
+    """Events committed but not folded yet (exact: counts log entries past the watermark)."""
+    wm = watermark(part)
+    if top_seq(part) <= wm:
+        return 0
+    n = 0
+    with part.events.begin() as txn:
+        cur = txn.cursor(part.log)
+        if cur.set_range((wm + 1).to_bytes(8, "big")):
+            for _ in cur.iternext(values=False):
+                n += 1
+    return n
+
+
+class Follower:
+    """Folds rows of the partitions returned by `partitions()`."""
+
+    def __init__(self, dictionary: Dictionary, dimensions: tuple[str, ...],
+                 partitions: Callable[[], list[Partition]]) -> None:
+        self.d = dictionary
+        self.dims = tuple((dictionary.code(n), n) for n in dimensions if n != "geo_cell")
+        dictionary.commit()
+        self.partitions = partitions
+
+    def run_once(self, limit: int = CHUNK) -> int:
+        """Fold up to `limit` events of each lagging partition; returns how many were folded."""
+        done = 0
+        for part in self.partitions():
+            if part.closed or part.derived is None:
+                continue
+            try:
+                done += self.fold_next(part, limit)
+            except lmdb.Error as e:
+                if part.closed:
+                    continue
+                raise lmdb_error(e, part.derived_path, part.derived, "cannot fold rows into") from e
+        return done
+
+    def fold_next(self, part: Partition, limit: int) -> int:
+        wm = watermark(part)
+        if top_seq(part) <= wm:
+            return 0
+        rows: list[tuple[bytes, Event]] = []
+        top = wm
+        with part.events.begin() as txn:
+            cur = txn.cursor(part.log)
+            if cur.set_range((wm + 1).to_bytes(8, "big")):
+                get, rows_db = txn.get, part.rows
+                for seq_b, key in cur:
+                    raw = get(key, db=rows_db)
+                    if raw is not None:
+                        rows.append((key, decode_row(key, raw)))
+                    top = int.from_bytes(seq_b, "big")
+                    if len(rows) >= limit:
+                        break
+        if top == wm:
+            return 0
+        self.fold(part, rows, top)
+        return len(rows)
+
+    def fold(self, part: Partition, rows: list[tuple[bytes, Event]], top: int) -> None:
+        """Fold rows (committed, in seq order) up to seq `top` into the derived file."""
+        d = self.d
+        seg = columns.build_segment([e for _, e in rows], d) if rows else None
+        deltas = rollups.compute(seg, self.dims, d) if seg is not None else {}
+        idx_items: list[tuple[bytes, bytes]] = []
+        if seg is not None:
+            keys = [k for k, _ in rows]
+            for tag, name in ((b"u", "user"), (b"s", "session")):
+                c = seg.cols.get("c:" + name)
+                if c is not None:
+                    raw = rollups.hash_table(seg.dicts.get("c:" + name, [])).astype(">u8").tobytes()
+                    hb = [raw[j:j + 8] for j in range(0, len(raw), 8)]
+                    idx_items.extend((tag + hb[ci] + keys[i], b"") for i, ci in enumerate(c.tolist()) if ci)
+            idx_items.sort()
+        d.commit()   # codes before anything that refers to them
+        with part.derived.begin(write=True) as txn:
+            raw = txn.get(WM, db=part.dinfo)
+            if raw is not None and int.from_bytes(raw, "big") >= top:
+                return
+            if seg is not None:
+                tail_raw = txn.get(TAIL, db=part.dinfo)
+                nxt_raw = txn.get(NEXTSEG, db=part.dinfo)
+                nxt = int.from_bytes(nxt_raw, "big") if nxt_raw else 0
+                target, merged = nxt, seg
+                if tail_raw is not None:
+                    tail = int.from_bytes(tail_raw, "big")
+                    h = columns.read_header(txn, part.segs, tail)
+                    if h is not None and h["n"] < TAIL_MERGE and h["n"] + seg.n <= columns.SEG_ROWS:
+                        merged = columns.concat(columns.read_segment(txn, part.segs, tail), seg)
+                        target = tail
+                if target == nxt:
+                    txn.put(NEXTSEG, (nxt + 1).to_bytes(8, "big"), db=part.dinfo)
+                txn.put(TAIL, target.to_bytes(8, "big"), db=part.dinfo)
+                txn.cursor(part.segs).putmulti(columns.encode_segment(target, merged))
+                rollups.merge_into(txn, part.roll, deltas)
+                if idx_items:
+                    txn.cursor(part.idx).putmulti(idx_items)
+            txn.put(WM, top.to_bytes(8, "big"), db=part.dinfo)
+
+
+# ---- the child process -------------------------------------------------------------------
+
+class _Registry:
+    """The child's own handles on every partition file (re-scanned while running)."""
+
+    def __init__(self, pdir: Path, sync: bool, derived_map: int) -> None:
+        self.pdir = pdir
+        self.sync = sync
+        self.derived_map = derived_map
+        self.parts: dict[str, Partition] = {}
+        self.last_scan = 0.0
+
+    def __call__(self) -> list[Partition]:
+        now = time.monotonic()
+        if now - self.last_scan > 0.2:
+            self.last_scan = now
+            seen = set()
+            for f in self.pdir.glob("*.events.lmdb"):
+                parsed = parse_name(f.name)
+                if parsed is None:
+                    continue
+                stem = parsed[0].stem
+                seen.add(stem)
+                if stem not in self.parts:
+                    try:
+                        self.parts[stem] = Partition(self.pdir, parsed[0], DERIVED_MAP, self.sync, follower=True,
+                                                     derived_map=self.derived_map)
+                    except Exception:  # noqa: BLE001 - half-created by the writer: next scan
+                        continue
+            for stem in list(self.parts):
+                if stem not in seen:        # deleted by retention
+                    self.parts.pop(stem).close()
+        return sorted(self.parts.values(), key=lambda p: (p.name.start_us, p.name.cls))
+
+
+def child_main(root: str, dimensions: tuple[str, ...], sync: bool, derived_map: int, conn: Any,
+               parent_pid: int) -> None:
+    """Entry point of the follower process: fold until the parent says stop or goes away."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when we stop
+    try:
+        d = Dictionary(Path(root) / "dict.lmdb", sync=sync)
+        reg = _Registry(Path(root) / "p", sync, derived_map)
+        f = Follower(d, dimensions, reg)
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", f"follower could not start: {e}"))
+        return
+    conn.send(("ready", None))
+    last_error = ""
+    while True:
+        if conn.poll():
+            try:
+                msg = conn.recv()
+            except EOFError:
+                return
+            if msg == "stop":
+                _drain(f)
+                conn.send(("stopped", None))
+                return
+        if os.getppid() != parent_pid:
+            return
+        try:
+            n = f.run_once()
+            last_error = ""
+        except Exception as e:  # noqa: BLE001 - reported once, retried
+            n = 0
+            text = f"{type(e).__name__}: {e}"
+            if text != last_error:
+                last_error = text
+                try:
+                    conn.send(("error", text + "\n" + traceback.format_exc(limit=3)))
+                except OSError:
+                    return
+            time.sleep(0.5)
+        if n == 0:
+            time.sleep(IDLE_SLEEP)
+        elif n < CHUNK // 4:
+            time.sleep(GATHER)   # let a small backlog grow into a bigger segment
+
+
+def _drain(f: Follower) -> None:
+    for _ in range(10_000):
+        try:
+            if f.run_once() == 0:
+                return
+        except Exception:  # noqa: BLE001 - the next open catches up
+            return

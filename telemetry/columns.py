@@ -89,11 +89,16 @@ def build_segment(events: Sequence[Event], d: Dictionary) -> Segment:
     a type census decides the column kinds; only lists, maps and mixed-type columns take
     the per-value path.
     """
-    n = len(events)
-    times = np.fromiter((e.time_us for e in events), np.int64, n)
-    attrs = [e.attrs for e in events]
-    tcodes = {t: d.code(t) for t in {e.type for e in events}}
-    types = np.fromiter((tcodes[e.type] for e in events), np.uint32, n)
+    return build_segment_parts([e.time_us for e in events], [e.type for e in events],
+                               [e.attrs for e in events], d)
+
+
+def build_segment_parts(times_l: list[int], types_l: list[str], attrs: list[Any], d: Dictionary) -> Segment:
+    """build_segment from parallel lists of times, types and attribute maps."""
+    n = len(times_l)
+    times = np.array(times_l, np.int64)
+    tcodes = {t: d.code(t) for t in set(types_l)}
+    types = np.fromiter(map(tcodes.__getitem__, types_l), np.uint32, n)
     names: set[str] = set()
     for a in attrs:
         names.update(a)

@@ -356,6 +356,15 @@ def decode_row(key: bytes, value: bytes) -> Event:
     return Event(eid, _KEY.unpack(key)[0], etype, attrs, None)
 
 
+_unpack = msgpack.unpackb
+
+
+def decode_row_parts(key: bytes, value: bytes) -> tuple[int, str, dict[str, Any]]:
+    """(time_us, type, attrs) of a stored row, without building an Event (the follower's hot path)."""
+    _, etype, attrs = _unpack(value, raw=False, strict_map_key=False)
+    return _KEY.unpack(key)[0], etype, attrs
+
+
 def encode_value(v: Any) -> bytes:
     """Bytes of a scalar attribute value for the string dictionary (type-preserving)."""
     return msgpack.packb(v, use_bin_type=True)

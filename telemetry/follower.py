@@ -21,7 +21,7 @@ import lmdb
 
 from telemetry import columns, rollups
 from telemetry.dictionary import Dictionary
-from telemetry.events import Event, decode_row
+from telemetry.events import decode_row_parts
 from telemetry.partitions import Partition, lmdb_error, parse_name
 
 CHUNK = columns.SEG_ROWS // 2            # events folded per transaction
@@ -93,28 +93,28 @@ class Follower:
         wm = watermark(part)
         if top_seq(part) <= wm:
             return 0
-        rows: list[tuple[bytes, Event]] = []
+        keys: list[bytes] = []
         top = wm
         with part.events.begin() as txn:
             cur = txn.cursor(part.log)
             if cur.set_range((wm + 1).to_bytes(8, "big")):
-                get, rows_db = txn.get, part.rows
                 for seq_b, key in cur:
-                    raw = get(key, db=rows_db)
-                    if raw is not None:
-                        rows.append((key, decode_row(key, raw)))
+                    keys.append(key)
                     top = int.from_bytes(seq_b, "big")
-                    if len(rows) >= limit:
+                    if len(keys) >= limit:
                         break
+            found = dict(txn.cursor(part.rows).getmulti(keys))
+        rows = [(k, decode_row_parts(k, found[k])) for k in keys if k in found]
         if top == wm:
             return 0
         self.fold(part, rows, top)
         return len(rows)
 
-    def fold(self, part: Partition, rows: list[tuple[bytes, Event]], top: int) -> None:
-        """Fold rows (committed, in seq order) up to seq `top` into the derived file."""
+    def fold(self, part: Partition, rows: list[tuple[bytes, tuple[int, str, dict[str, Any]]]], top: int) -> None:
+        """Fold rows (key, (time_us, type, attrs)), committed, in seq order, up to seq `top`."""
         d = self.d
-        seg = columns.build_segment([e for _, e in rows], d) if rows else None
+        seg = columns.build_segment_parts([r[0] for _, r in rows], [r[1] for _, r in rows],
+                                          [r[2] for _, r in rows], d) if rows else None
         deltas = rollups.compute(seg, self.dims, d) if seg is not None else {}
         idx_items: list[tuple[bytes, bytes]] = []
         if seg is not None:

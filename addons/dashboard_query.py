@@ -9,10 +9,11 @@ same flags (proto/convert.py `query_from_pb` after proxy/cli_analytics.py `build
 same defaults, same preset merging, same validation, errors naming the field. The
 dashboard adds no query semantics of its own.
 
-Why a copy of the CLI's time/duration parsing: `addons` may not import `proxy` or `proto`
-(tests/test_architecture.py). tests/dashboard/test_query_params.py checks this module
-against `proxy.cli_analytics.build_query` + `proto.convert.query_from_pb` for a table of
-flag sets, so the two cannot drift apart silently.
+The text forms (times, durations, coordinates, metrics, zones, funnel steps) and the preset
+merging come from `telemetry.params`, which the CLI and the gRPC API use too (`addons` may
+not import `proxy` or `proto`: tests/test_architecture.py). tests/dashboard/test_query_params.py
+checks this module against `proxy.cli_analytics.build_query` + `proto.convert.query_from_pb`
+for a table of flag sets, so the two cannot drift apart silently.
 """
 
 from __future__ import annotations
@@ -20,36 +21,25 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import re
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from telemetry import params as tp
 from telemetry.errors import QueryError
+from telemetry.params import DEFAULT_QUERY_PAGE, INTERVALS, MAX_FUNNEL_STEPS, MAX_PAGE, ORDERS, PRESETS
 from telemetry.query import (
     Filter,
     FunnelQuery,
     FunnelStep,
     GeoFilter,
     Query,
-    enrolments_query,
     parse_filter,
-    users_query,
     validate_funnel,
     validate_query,
 )
 
 Params = Mapping[str, Sequence[str]]
-
-INTERVALS = ("auto", "minute", "hour", "day", "week", "month", "none")
-ORDERS = ("time", "value_desc", "value_asc")
-PRESETS = ("users", "enrolments")
-METRIC_RE = re.compile(r"^(count|users|(sum|avg|min|max|p50|p95):[A-Za-z0-9_.-]+)$")
-DEFAULT_QUERY_PAGE = 1000
-MAX_PAGE = 10_000
-MAX_FUNNEL_STEPS = 20
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 QUERY_PARAMS = ("from", "to", "type", "filter", "near", "bbox", "metric", "interval", "tz", "by", "order",
                 "limit", "page_token", "preset", "org", "project", "supply", "need", "geo_precision")
@@ -57,31 +47,14 @@ FUNNEL_PARAMS = ("from", "to", "step", "within", "by")
 REPEATABLE = ("type", "filter", "by", "step")
 
 
-# ---- times (same forms as `portico query --from/--to/--within`) -----------------------------
+# ---- text forms (telemetry.params, as `portico query`) ---------------------------------------
 
-def parse_time(text: str, now: datetime, field: str) -> datetime:
-    """An aware datetime from RFC 3339, a date, `now`, or a relative `-7d` / `+2h`."""
-    s = text.strip()
-    if s == "now":
-        return now
-    m = re.fullmatch(r"([+-])(\d+)([smhdw])", s)
-    if m:
-        delta = timedelta(seconds=int(m.group(2)) * _UNITS[m.group(3)])
-        return now - delta if m.group(1) == "-" else now + delta
+def _parsed(field: str, parse: Callable[..., Any], *args: Any) -> Any:
+    """`parse(*args)`, a ValueError becoming a QueryError that names the URL parameter."""
     try:
-        dt = datetime.fromisoformat(s[:-1] + "+00:00" if s[-1:] in "zZ" and s else s)
-    except ValueError:
-        raise QueryError(field, f"time {text!r}: expected RFC 3339 (2026-11-01T10:00:00Z), a date (2026-11-01), "
-                                "'now' or a relative time like -7d, -12h, -30m") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
-def parse_duration(text: str, field: str) -> timedelta:
-    """`90s`, `30m`, `2h`, `7d`, `1w` or a combination like `1h30m`."""
-    parts = re.findall(r"(\d+)([smhdw])", text)
-    if not parts or "".join(n + u for n, u in parts) != text.strip() or all(int(n) == 0 for n, _ in parts):
-        raise QueryError(field, f"duration {text!r}: expected a positive duration like 30m, 2h, 7d, 1w, 1h30m")
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+        return parse(*args)
+    except ValueError as e:
+        raise QueryError(field, str(e)) from None
 
 
 # ---- parameter access -----------------------------------------------------------------------
@@ -105,17 +78,6 @@ def _many(params: Params, name: str) -> list[str]:
     return [v for v in (params.get(name) or ()) if v != ""]
 
 
-def _floats(text: str, names: Sequence[str], field: str) -> list[float]:
-    try:
-        values = [float(p) for p in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != len(names) or not all(math.isfinite(v) for v in values):
-        example = "52.52,13.40,25" if len(names) == 3 else "52.3,13.0,52.7,13.8"
-        raise QueryError(field, f"{text!r}: expected {','.join(names)} as numbers, e.g. {example}")
-    return values
-
-
 def _int(text: str, field: str, low: int, high: int) -> int:
     try:
         value = int(text)
@@ -136,8 +98,8 @@ def _choice(value: str | None, allowed: Sequence[str], field: str, default: str)
 
 def time_range(params: Params, now: datetime | None = None, default_from: str = "-7d") -> tuple[datetime, datetime]:
     now = now or datetime.now(timezone.utc)
-    start = parse_time(_one(params, "from", default_from) or default_from, now, "from")
-    end = parse_time(_one(params, "to", "now") or "now", now, "to")
+    start = _parsed("from", tp.parse_time, _one(params, "from", default_from) or default_from, now)
+    end = _parsed("to", tp.parse_time, _one(params, "to", "now") or "now", now)
     if start >= end:
         raise QueryError("to", f"{end.isoformat()} is not after from {start.isoformat()}")
     return start, end
@@ -147,20 +109,17 @@ def geo_filter(params: Params) -> GeoFilter | None:
     near, bbox = _one(params, "near"), _one(params, "bbox")
     if near and bbox:
         raise QueryError("near", "give near or bbox, not both")
-    if near:
-        lat, lon, km = _floats(near, ("LAT", "LON", "KM"), "near")
-        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-            raise QueryError("near", f"lat must be in -90..90 and lon in -180..180, got {lat}, {lon}")
-        if not km > 0:
-            raise QueryError("near", f"km must be > 0, got {km}")
-        return GeoFilter(near=(lat, lon, km))
-    if bbox:
-        s, w, n, e = _floats(bbox, ("S", "W", "N", "E"), "bbox")
-        if not -90 <= s <= n <= 90:
-            raise QueryError("bbox", f"need -90 <= south <= north <= 90, got south={s} north={n}")
-        if not (-180 <= w <= 180 and -180 <= e <= 180):
-            raise QueryError("bbox", f"west and east must be in -180..180, got {w}, {e}")
-        return GeoFilter(bbox=(s, w, n, e))
+    try:
+        if near:
+            point = _parsed("near", tp.parse_near, near)
+            tp.check_near(*point)
+            return GeoFilter(near=point)
+        if bbox:
+            box = _parsed("bbox", tp.parse_bbox, bbox)
+            tp.check_bbox(*box)
+            return GeoFilter(bbox=box)
+    except tp.GeoRangeError as e:
+        raise QueryError(e.area, f"{e.part} {e.message}" if e.part else e.message) from None
     return None
 
 
@@ -193,14 +152,11 @@ def query_from_params(params: Params, now: datetime | None = None, default_tz: s
     if supply:
         filters.append(Filter(f"supplies.{supply}", "exists"))
     metric = _one(params, "metric")
-    if metric is not None and not METRIC_RE.match(metric):
-        raise QueryError("metric", f"{metric!r}: expected count, users, or sum|avg|min|max|p50|p95:ATTR")
+    if metric is not None:
+        _parsed("metric", tp.check_metric, metric)
     interval = _choice(_one(params, "interval"), INTERVALS, "interval", "auto")
     tz = _one(params, "tz", default_tz) or default_tz
-    try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise QueryError("tz", f"{tz!r}: not a known IANA time zone (e.g. Europe/Berlin, UTC)") from None
+    _parsed("tz", tp.check_tz, tz)
     order = _choice(_one(params, "order"), ORDERS, "order", "time")
     limit_text = _one(params, "limit")
     limit = DEFAULT_QUERY_PAGE if limit_text is None else _int(limit_text, "limit", 1, MAX_PAGE)
@@ -209,9 +165,8 @@ def query_from_params(params: Params, now: datetime | None = None, default_tz: s
                                   interval=None if interval == "none" else interval, tz=tz, order=order,
                                   limit=limit, page_token=_one(params, "page_token"))
     if preset:
-        base = {"users": users_query, "enrolments": enrolments_query}[preset](start=start, end=end)
-        kwargs.update(types=base.types, group_by=tuple(dict.fromkeys((*base.group_by, *group_by))),
-                      metric=metric or base.metric, filters=tuple(base.filters) + tuple(filters))
+        kwargs.update(tp.preset_fields(preset, start=start, end=end, group_by=group_by, metric=metric,
+                                       filters=filters))
     else:
         kwargs.update(types=tuple(types), group_by=group_by, metric=metric or "count", filters=tuple(filters))
     precision = _one(params, "geo_precision")
@@ -231,15 +186,13 @@ def funnel_from_params(params: Params, now: datetime | None = None, default_from
         raise QueryError("step", f"{len(texts)} steps; at most {MAX_FUNNEL_STEPS}")
     steps = []
     for i, text in enumerate(texts):
-        type_, _, expr = text.partition(",")
-        if not type_.strip():
-            raise QueryError(f"step[{i}]", f"{text!r}: expected TYPE or TYPE,FILTER (e.g. signup,org=acme)")
-        steps.append(FunnelStep(type=type_.strip(), filters=(parse_filter(expr.strip()),) if expr.strip() else ()))
+        type_, expr = _parsed(f"step[{i}]", tp.split_step, text)
+        steps.append(FunnelStep(type=type_, filters=(parse_filter(expr),) if expr else ()))
     within_text = _one(params, "within")
     if within_text is None:
         raise QueryError("within", "required for a funnel (e.g. 1d)")
     return validate_funnel(FunnelQuery(start=start, end=end, steps=tuple(steps),
-                                       within=parse_duration(within_text, "within"), by=_one(params, "by", "user")
+                                       within=_parsed("within", tp.parse_duration, within_text), by=_one(params, "by", "user")
                                        or "user"))
 
 

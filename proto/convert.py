@@ -14,14 +14,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from proto.portico.v1 import analytics_pb2 as pb
+from telemetry import params
+from telemetry.params import DEFAULT_QUERY_PAGE, INTERVALS, MAX_FUNNEL_STEPS, ORDERS, PRESETS
 
-MAX_PAGE_SIZE = 10_000
-DEFAULT_QUERY_PAGE = 1000
+MAX_PAGE_SIZE = params.MAX_PAGE
 DEFAULT_LIST_PAGE = 100
-MAX_FUNNEL_STEPS = 20
-INTERVALS = ("auto", "minute", "hour", "day", "week", "month", "none")
-ORDERS = ("time", "value_desc", "value_asc")
-PRESETS = ("users", "enrolments")
 BOOL_OPS = ("and", "or", "not")
 
 
@@ -191,20 +188,17 @@ def geo_from_pb(msg: Any, has: bool) -> Any:
     if not has:
         return None
     kind = msg.WhichOneof("area")
-    if kind == "bbox":
-        b = msg.bbox
-        if not (-90 <= b.south <= b.north <= 90):
-            raise InvalidRequest("geo.bbox", f"need -90 <= south <= north <= 90, got south={b.south} north={b.north}")
-        if not (-180 <= b.west <= 180 and -180 <= b.east <= 180):
-            raise InvalidRequest("geo.bbox", f"west and east must be in -180..180, got {b.west}, {b.east}")
-        return GeoFilter(bbox=(b.south, b.west, b.north, b.east))
-    if kind == "near":
-        n = msg.near
-        if not (-90 <= n.lat <= 90 and -180 <= n.lon <= 180):
-            raise InvalidRequest("geo.near", f"lat must be in -90..90 and lon in -180..180, got {n.lat}, {n.lon}")
-        if not n.km > 0:
-            raise InvalidRequest("geo.near.km", f"must be > 0, got {n.km}")
-        return GeoFilter(near=(n.lat, n.lon, n.km))
+    try:
+        if kind == "bbox":
+            b = msg.bbox
+            params.check_bbox(b.south, b.west, b.north, b.east)
+            return GeoFilter(bbox=(b.south, b.west, b.north, b.east))
+        if kind == "near":
+            n = msg.near
+            params.check_near(n.lat, n.lon, n.km)
+            return GeoFilter(near=(n.lat, n.lon, n.km))
+    except params.GeoRangeError as e:
+        raise InvalidRequest(f"geo.{e.area}{'.' + e.part if e.part else ''}", e.message) from None
     raise InvalidRequest("geo", "empty: set bbox or near")
 
 
@@ -231,12 +225,9 @@ def query_from_pb(msg: pb.QueryRequest) -> Any:
     if preset:
         if msg.types:
             raise InvalidRequest("types", f"the {preset!r} preset chooses the event types itself; leave types empty")
-        base = preset_query(preset, start=start, end=end)
         # group_by adds to the preset's grouping ("type"): e.g. by type and org
-        group_by = tuple(dict.fromkeys((*base.group_by, *msg.group_by)))
-        kwargs.update(types=base.types, group_by=group_by,
-                      metric=msg.metric or base.metric,
-                      filters=tuple(base.filters) + kwargs["filters"])
+        kwargs.update(params.preset_fields(preset, start=start, end=end, group_by=msg.group_by,
+                                           metric=msg.metric, filters=kwargs["filters"]))
     else:
         kwargs.update(types=tuple(msg.types), group_by=tuple(msg.group_by), metric=msg.metric or "count")
     if msg.geo_precision:
@@ -245,14 +236,6 @@ def query_from_pb(msg: pb.QueryRequest) -> Any:
         kwargs["geo_precision"] = msg.geo_precision
     kwargs["order"] = order
     return tq.Query(**kwargs)
-
-
-def preset_query(name: str, *, start: datetime, end: datetime) -> Any:
-    """The telemetry store's preset query `name` ("users" or "enrolments")."""
-    from telemetry import query as tq
-
-    factory = {"users": tq.users_query, "enrolments": tq.enrolments_query}[name]
-    return factory(start=start, end=end)
 
 
 def _set_bucket(ts: Any, dt: datetime) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -28,82 +27,44 @@ from proto.client import DEFAULT_SERVER, AnalyticsClient, ApiError, ClientSettin
 from proto.convert import set_timestamp, set_value, value_to_py
 from proto.portico.v1 import analytics_pb2 as pb
 from proxy.cli_common import CliError
+from telemetry import params
+from telemetry.params import INTERVALS, parse_duration, parse_time
 
 RECORD_BATCH = 1000
-METRIC_RE = re.compile(r"^(count|users|(sum|avg|min|max|p50|p95):[A-Za-z0-9_.-]+)$")
-INTERVALS = ("auto", "minute", "hour", "day", "week", "month", "none")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # argparse treats "-7d" or "--bbox -10,-20,30,40" as unknown options; let relative times and
 # coordinate lists that start with a minus sign through as values
 _NEGATIVE_VALUE = re.compile(r"^-\d+(\.\d+)?[smhdw]?$|^-\d*\.\d+$|^-\d*\.?\d+(,-?\d*\.?\d+)+$")
 
 
 # ---- parsing helpers (pure) ------------------------------------------------------------------
+# parse_time and parse_duration come from telemetry.params (the dashboard and the gRPC API
+# parse the same forms with them); tests and callers may keep using them from here
 
-def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """An aware datetime from RFC 3339, a date, `now`, or a relative `-7d` / `+2h`.
 
-    Raises:
-        ValueError: with a message showing the accepted forms.
-    """
-    now = now or datetime.now(timezone.utc)
-    s = text.strip()
-    if s == "now":
-        return now
-    m = re.fullmatch(r"([+-])(\d+)([smhdw])", s)
-    if m:
-        delta = timedelta(seconds=int(m.group(2)) * _UNITS[m.group(3)])
-        return now - delta if m.group(1) == "-" else now + delta
+def _flagged(flag: str, parse: Callable[[str], Any], text: str) -> Any:
+    """`parse(text)`, with the flag in front of a ValueError's message."""
     try:
-        dt = datetime.fromisoformat(s[:-1] + "+00:00" if s[-1:] in "zZ" and s else s)
-    except ValueError:
-        raise ValueError(f"time {text!r}: expected RFC 3339 (2026-11-01T10:00:00Z), a date (2026-11-01), "
-                         "'now' or a relative time like -7d, -12h, -30m") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
-def parse_duration(text: str) -> timedelta:
-    """`90s`, `30m`, `2h`, `7d`, `1w` (or a combination like `1h30m`).
-
-    Raises:
-        ValueError: not a positive duration.
-    """
-    parts = re.findall(r"(\d+)([smhdw])", text)
-    if not parts or "".join(n + u for n, u in parts) != text.strip() or all(int(n) == 0 for n, _ in parts):
-        raise ValueError(f"duration {text!r}: expected a positive duration like 30m, 2h, 7d, 1w, 1h30m")
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
-
-
-def parse_floats(text: str, names: Sequence[str], flag: str) -> list[float]:
-    parts = text.split(",")
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) != len(names) or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{flag} {text!r}: expected {','.join(names)} as numbers, e.g. "
-                         f"{'52.52,13.40,25' if len(names) == 3 else '52.3,13.0,52.7,13.8'}")
-    return values
+        return parse(text)
+    except ValueError as e:
+        raise ValueError(f"{flag} {e}") from None
 
 
 def geo_from_args(near: str | None, bbox: str | None) -> pb.GeoFilter | None:
     if near:
-        lat, lon, km = parse_floats(near, ("LAT", "LON", "KM"), "--near")
+        lat, lon, km = _flagged("--near", params.parse_near, near)
         return pb.GeoFilter(near=pb.Near(lat=lat, lon=lon, km=km))
     if bbox:
-        s, w, n, e = parse_floats(bbox, ("S", "W", "N", "E"), "--bbox")
+        s, w, n, e = _flagged("--bbox", params.parse_bbox, bbox)
         return pb.GeoFilter(bbox=pb.BoundingBox(south=s, west=w, north=n, east=e))
     return None
 
 
 def parse_step(text: str) -> pb.FunnelStep:
     """`TYPE` or `TYPE,FILTER` (the filter may itself contain commas, e.g. org=a,b)."""
-    type_, _, expr = text.partition(",")
-    if not type_.strip():
-        raise ValueError(f"--step {text!r}: expected TYPE or TYPE,FILTER (e.g. signup,org=acme)")
-    step = pb.FunnelStep(type=type_.strip())
-    if expr.strip():
-        step.filters.add(expr=expr.strip())
+    type_, expr = _flagged("--step", params.split_step, text)
+    step = pb.FunnelStep(type=type_)
+    if expr:
+        step.filters.add(expr=expr)
     return step
 
 
@@ -406,13 +367,10 @@ def build_query(args: argparse.Namespace) -> pb.QueryRequest:
     _fill_selection(msg, args)
     if args.preset and args.types:
         raise CliError(f"--type: the {args.preset!r} preset chooses the event types itself", 2)
-    if args.metric is not None and not METRIC_RE.match(args.metric):
-        raise CliError(f"--metric {args.metric!r}: expected count, users, or sum|avg|min|max|p50|p95:ATTR", 2)
+    if args.metric is not None:
+        _usage(lambda: _flagged("--metric", params.check_metric, args.metric))
     if args.tz != "UTC":
-        try:
-            ZoneInfo(args.tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise CliError(f"--tz {args.tz!r}: not a known IANA time zone (e.g. Europe/Berlin, UTC)", 2) from None
+        _usage(lambda: _flagged("--tz", params.check_tz, args.tz))
     # exact conditions, not expressions: values may contain commas or operators
     for attr, op, value in (("org", "eq", args.org), ("project", "eq", args.project),
                             ("needs", "eq", args.need)):

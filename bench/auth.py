@@ -17,14 +17,10 @@ Usage: .venv/bin/python bench/auth.py [--duration 5] [--rounds 5] [--connections
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import multiprocessing
 import os
-import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,28 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from auth.ldap import LdapDirectory, LdapSettings  # noqa: E402
+from bench.common import (  # noqa: E402
+    free_port, http_response, kill_all, print_results, run_wrk, start_portico, start_upstream, stop, wrk_parser,
+)
 from tests.auth.slapd import SERVICE_DN, SERVICE_PW, SUFFIX, Slapd, slapd_available  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("bench_proxy", Path(__file__).with_name("proxy.py"))
-assert _spec and _spec.loader
-bench_proxy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_proxy)
-
-
-def run_wrk(url: str, duration: int, connections: int, headers: dict[str, str]) -> dict[str, float]:
-    cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s", "--latency"]
-    for k, v in headers.items():
-        cmd += ["-H", f"{k}: {v}"]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-    def pct(p: str) -> float:
-        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": int(errors.group(1)) if errors else 0}
+BODY = b"<!doctype html><title>bench</title>" + b"x" * 1000
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -117,10 +97,8 @@ def ldap_latency(slapd: Slapd, logins: int) -> dict[str, tuple[float, float, int
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5)
+    parser = wrk_parser(__doc__, duration=5)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--logins", type=int, default=300)
     args = parser.parse_args()
     if not shutil.which("wrk") or not slapd_available():
@@ -128,14 +106,13 @@ def main() -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="portico-bench-auth-"))
     slapd = Slapd(tmp / "slapd").start()
-    up_port, portico_port = bench_proxy.free_port(), bench_proxy.free_port()
-    upstream = multiprocessing.Process(target=bench_proxy.serve_upstream, args=(up_port,), daemon=True)
+    portico_port = free_port()
+    upstream: multiprocessing.Process | None = None
     portico: subprocess.Popen[bytes] | None = None
     results: dict[str, list[dict[str, float]]] = {"A no auth (bypass)": [], "B session cookie": []}
     try:
         slapd.seed()
-        upstream.start()
-        bench_proxy.wait_port(up_port)
+        upstream, up_port = start_upstream(http_response(BODY))
         (tmp / "service.pw").write_text(SERVICE_PW)
         config = tmp / "portico.yaml"
         config.write_text(f"""
@@ -153,9 +130,7 @@ access_control:
     - {{path_prefixes: [/open/], policy: bypass}}
     - {{path_prefixes: [/members/], policy: authenticated}}
 """)
-        portico = subprocess.Popen([str(Path(sys.executable).parent / "portico"), "run", "--config", str(config)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        bench_proxy.wait_port(portico_port)
+        portico = start_portico(config, portico_port)
         base = f"http://127.0.0.1:{portico_port}"
         cookie = session_cookie(base)
         urls = {"A no auth (bypass)": (f"{base}/open/page", {}),
@@ -167,25 +142,19 @@ access_control:
         for _ in range(args.rounds):
             for name, (url, headers) in urls.items():
                 results[name].append(run_wrk(url, args.duration, args.connections, headers))
-        portico.send_signal(signal.SIGTERM)
-        portico.wait(30)
+        stop(portico)
         ldap = ldap_latency(slapd, args.logins)
     finally:
-        if portico is not None and portico.poll() is None:
-            portico.kill()
-        upstream.kill()
+        kill_all([portico, upstream])
         slapd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nAuth cost through the gateway: {args.connections} keep-alive connections, "
           f"{args.rounds}x{args.duration}s each, alternating, medians, {os.cpu_count()} cores, wrk -t1")
-    print(f"{'':22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
-    mean = {}
-    for name, runs in results.items():
-        # the median of alternating rounds: a shared 2-core machine is noisy
-        mean[name] = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "non2xx")}
-        m = mean[name]
-        print(f"{name:22}{m['rps']:>10.0f}{m['p50']:>10.2f}{m['p99']:>10.2f}{m['non2xx']:>10.0f}")
+    # the median of alternating rounds: a shared 2-core machine is noisy
+    mean = {name: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "non2xx")}
+            for name, runs in results.items()}
+    print_results(mean.items(), 22)
     a, b = mean["A no auth (bypass)"], mean["B session cookie"]
     cost = 1 - b["rps"] / a["rps"]
     print("per-round req/s: " + "; ".join(f"{n.split()[0]}: " + ", ".join(f"{r['rps']:.0f}" for r in runs)

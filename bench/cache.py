@@ -16,55 +16,25 @@ Usage: .venv/bin/python bench/cache.py [--duration 10] [--connections 16] [--tel
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import multiprocessing
-import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    BINDIR, conditions, free_port, http_response, kill_all, measure, print_results, ratios, require_tools,
+    start_mitmdump, start_portico, start_upstream, stop, wrk_parser,
+)
+
 BODY = b"<!doctype html><title>bench</title>" + b"x" * 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_upstream(port: int) -> None:
-    """Keep-alive HTTP/1.1 server: /hit* cacheable for an hour, anything else no-store."""
-    def response(cache_control: bytes) -> bytes:
-        return (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nCache-Control: " + cache_control +
-                b"\r\nContent-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
-    hit, miss = response(b"max-age=3600"), response(b"no-store")
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                writer.write(hit if b" /hit" in head.split(b"\r\n", 1)[0] else miss)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+# /hit* cacheable for an hour, anything else no-store
+HIT, MISS = http_response(BODY, cache_control="max-age=3600"), http_response(BODY)
 
 
 CEILING_ADDON = f'''
@@ -78,44 +48,6 @@ addons = [Fixed()]
 '''
 
 
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"bench: nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-def run_wrk(url: str, duration: int, connections: int) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s", "--latency", url],
-                         capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-    def pct(p: str) -> float:
-        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": int(errors.group(1)) if errors else 0}
-
-
-def measure(url: str, duration: int, connections: int) -> dict[str, float]:
-    run_wrk(url, 2, connections)  # warm-up (and, for the hit run, the one miss that fills the cache)
-    return run_wrk(url, duration, connections)
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
-    proc.send_signal(sig)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def cache_stats(bindir: Path, grpc_port: int | None, cache_path: Path, after_stop: bool) -> tuple[str, dict]:
     """`portico cache stats --json` if the gateway serves it, else the LMDB file's own figures."""
     if not after_stop and grpc_port:
@@ -124,7 +56,6 @@ def cache_stats(bindir: Path, grpc_port: int | None, cache_path: Path, after_sto
         if out.returncode == 0:
             return "portico cache stats", json.loads(out.stdout)
         return "", {}
-    sys.path.insert(0, str(ROOT))
     from addons.cache_store import CacheStore, CacheStoreSettings
 
     store = CacheStore(CacheStoreSettings(path=cache_path))
@@ -135,19 +66,12 @@ def cache_stats(bindir: Path, grpc_port: int | None, cache_path: Path, after_sto
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=16)
+    parser = wrk_parser(__doc__)
     parser.add_argument("--telemetry", action="store_true", help="run Portico with the event store on")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("bench: wrk is not installed; run scripts/install-system-deps.sh", file=sys.stderr)
-        return 2
-    bindir = Path(sys.executable).parent
-    up_port, ceil_port, bare_port, portico_port, grpc_port = (free_port() for _ in range(5))
-    upstream = multiprocessing.Process(target=serve_upstream, args=(up_port,), daemon=True)
-    upstream.start()
-    wait_port(up_port)
+    require_tools("wrk")
+    upstream, up_port = start_upstream(MISS, {b"/hit": HIT})
+    ceil_port, bare_port, portico_port, grpc_port = (free_port() for _ in range(4))
     tmp = Path(tempfile.mkdtemp(prefix="portico-bench-cache-"))
     results: dict[str, dict[str, float]] = {}
     procs: list[subprocess.Popen[bytes]] = []
@@ -156,22 +80,15 @@ def main() -> int:
     try:
         script = tmp / "ceiling.py"
         script.write_text(CEILING_ADDON)
-        ceiling = subprocess.Popen([str(bindir / "mitmdump"), "-q", "-s", str(script), "--set",
-                                    "connection_strategy=lazy", "--mode",
-                                    f"reverse:http://127.0.0.1:{up_port}@127.0.0.1:{ceil_port}"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ceiling = start_mitmdump(ceil_port, up_port, "-s", str(script), "--set", "connection_strategy=lazy")
         procs.append(ceiling)
-        wait_port(ceil_port)
         results["(b) engine ceiling"] = measure(f"http://127.0.0.1:{ceil_port}/hit", d, c)
-        stop(ceiling)
+        stop(ceiling, signal.SIGINT)
 
-        bare = subprocess.Popen([str(bindir / "mitmdump"), "-q", "--mode",
-                                 f"reverse:http://127.0.0.1:{up_port}@127.0.0.1:{bare_port}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bare = start_mitmdump(bare_port, up_port)
         procs.append(bare)
-        wait_port(bare_port)
         results["(d) bare mitmdump"] = measure(f"http://127.0.0.1:{bare_port}/miss", d, c)
-        stop(bare)
+        stop(bare, signal.SIGINT)
 
         config = tmp / "portico.yaml"
         config.write_text(
@@ -181,35 +98,25 @@ def main() -> int:
             f"logging: {{level: warning}}\n"
             f"cache: {{enabled: true, path: {json.dumps(str(tmp / 'cache'))}}}\n"
             f"routes: [{{match: {{host: '*', path_prefix: /}}, upstream: 'http://127.0.0.1:{up_port}'}}]\n")
-        portico = subprocess.Popen([str(bindir / "portico"), "run", "--config", str(config)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        portico = start_portico(config, portico_port)
         procs.append(portico)
-        wait_port(portico_port)
+        # the hit run's warm-up makes the one miss that fills the cache
         results["(a) portico hit"] = measure(f"http://127.0.0.1:{portico_port}/hit", d, c)
         results["(c) portico miss"] = measure(f"http://127.0.0.1:{portico_port}/miss", d, c)
-        stats_source, stats = cache_stats(bindir, grpc_port, tmp / "cache", after_stop=False)
-        stop(portico, signal.SIGTERM)
+        stats_source, stats = cache_stats(BINDIR, grpc_port, tmp / "cache", after_stop=False)
+        stop(portico)
         if not stats:
-            stats_source, stats = cache_stats(bindir, None, tmp / "cache", after_stop=True)
+            stats_source, stats = cache_stats(BINDIR, None, tmp / "cache", after_stop=True)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-        upstream.kill()
+        kill_all([*procs, upstream])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nHTTP/1.1 reverse proxy, {c} keep-alive connections, {d}s each, {os.cpu_count()} cores, wrk -t1, "
-          f"telemetry {'on' if args.telemetry else 'off'}")
-    print(f"{'':22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
-    for name in ("(a) portico hit", "(b) engine ceiling", "(c) portico miss", "(d) bare mitmdump"):
-        r = results[name]
-        print(f"{name:22}{r['rps']:>10.0f}{r['p50']:>10.2f}{r['p99']:>10.2f}{r['non2xx']:>10}")
-    a, b, cm, bare_r = (results[k] for k in ("(a) portico hit", "(b) engine ceiling", "(c) portico miss",
-                                             "(d) bare mitmdump"))
-    print(f"\nhit / ceiling:  throughput {a['rps'] / b['rps']:.2f}x (target >= 0.95), "
-          f"p50 {a['p50'] / b['p50']:.2f}x, p99 {a['p99'] / b['p99']:.2f}x")
-    print(f"miss / bare:    throughput {cm['rps'] / bare_r['rps']:.2f}x (target >= 0.90), "
-          f"p50 {cm['p50'] / bare_r['p50']:.2f}x, p99 {cm['p99'] / bare_r['p99']:.2f}x")
+    print(f"\nHTTP/1.1 reverse proxy, {conditions(args)}, telemetry {'on' if args.telemetry else 'off'}")
+    order = ("(a) portico hit", "(b) engine ceiling", "(c) portico miss", "(d) bare mitmdump")
+    print_results(((name, results[name]) for name in order), 22)
+    a, b, cm, bare_r = (results[k] for k in order)
+    print(f"\nhit / ceiling:  {ratios(a, b, 0.95)}")
+    print(f"miss / bare:    {ratios(cm, bare_r, 0.90)}")
     if stats:
         print(f"\ncache stats ({stats_source}): hit ratio {stats['hit_ratio']:.4f}, bytes saved {stats['bytes_saved']}, "
               f"objects {stats['objects']}, dedup ratio {stats['dedup_ratio']:.2f}, "

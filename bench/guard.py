@@ -12,14 +12,9 @@ Usage: .venv/bin/python bench/guard.py [--duration 10] [--connections 16] [--loo
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import multiprocessing
-import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,18 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _load_bench_proxy():  # bench/proxy.py by path: the name `proxy` is Portico's package
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_proxy", ROOT / "bench" / "proxy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_proxy = _load_bench_proxy()  # the upstream, wrk and port helpers
 from addons.dns_resolver import EncryptedResolver, ResolverSettings, ResolverSpec  # noqa: E402
+from bench.common import (  # noqa: E402
+    conditions, free_port, http_response, kill_all, measure, print_results, ratios, require_tools,
+    start_portico, start_upstream, stop, wrk_parser,
+)
 from tests.guard.unbound import SERVER_NAME, Unbound  # noqa: E402
 
 PAGE = ("<!doctype html><html><head><title>Community news</title><style>p{margin:0}</style></head><body>"
@@ -57,13 +45,8 @@ phishing: {protected_domains: [example.org]}
 """
 
 
-def serve_page(port: int) -> None:
-    bench_proxy.BODY = PAGE
-    bench_proxy.serve_upstream(port)
-
-
 def run_portico(tmp: Path, up_port: int, checks: bool, duration: int, connections: int) -> dict[str, float]:
-    port = bench_proxy.free_port()
+    port = free_port()
     config = tmp / f"portico-{'on' if checks else 'off'}.yaml"
     route_flags = ", moderate: true, check_links: true" if checks else ""
     config.write_text(
@@ -71,19 +54,11 @@ def run_portico(tmp: Path, up_port: int, checks: bool, duration: int, connection
         f"logging: {{level: warning}}\n"
         f"routes: [{{match: {{host: '*', path_prefix: /}}, upstream: 'http://127.0.0.1:{up_port}'{route_flags}}}]\n"
         + (CHECKS if checks else ""))
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "portico"), "run", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_portico(config, port)
     try:
-        bench_proxy.wait_port(port)
-        url = f"http://127.0.0.1:{port}/page"
-        bench_proxy.run_wrk(url, 2, connections)  # warm-up
-        return bench_proxy.run_wrk(url, duration, connections)
+        return measure(f"http://127.0.0.1:{port}/page", duration, connections)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 async def dns_latency(u: Unbound, lookups: int) -> dict[str, list[float]]:
@@ -114,20 +89,12 @@ def pct(values: list[float], p: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=16)
+    parser = wrk_parser(__doc__)
     parser.add_argument("--lookups", type=int, default=300)
     args = parser.parse_args()
-    for tool in ("wrk", "unbound"):
-        if not shutil.which(tool):
-            print(f"bench: {tool} is not installed; run scripts/install-system-deps.sh", file=sys.stderr)
-            return 2
+    require_tools("wrk", "unbound")
     tmp = Path(tempfile.mkdtemp(prefix="portico-guard-bench-"))
-    up_port = bench_proxy.free_port()
-    upstream = multiprocessing.Process(target=serve_page, args=(up_port,), daemon=True)
-    upstream.start()
-    bench_proxy.wait_port(up_port)
+    upstream, up_port = start_upstream(http_response(PAGE))
     try:
         off = run_portico(tmp, up_port, False, args.duration, args.connections)
         on = run_portico(tmp, up_port, True, args.duration, args.connections)
@@ -137,15 +104,11 @@ def main() -> int:
         finally:
             u.stop()
     finally:
-        upstream.kill()
+        kill_all([upstream])
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nHTML page {len(PAGE)} bytes with 21 links, {args.connections} keep-alive connections, "
-          f"{args.duration}s each, {os.cpu_count()} cores, wrk -t1")
-    print(f"{'':22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
-    for name, r in (("checks off", off), ("moderation+phishing", on)):
-        print(f"{name:22}{r['rps']:>10.0f}{r['p50']:>10.2f}{r['p99']:>10.2f}{r['non2xx']:>10}")
-    print(f"ratio on/off: throughput {on['rps'] / off['rps']:.2f}x (target >= 0.90), "
-          f"p50 {on['p50'] / off['p50']:.2f}x, p99 {on['p99'] / off['p99']:.2f}x")
+    print(f"\nHTML page {len(PAGE)} bytes with 21 links, {conditions(args)}")
+    print_results((("checks off", off), ("moderation+phishing", on)), 22)
+    print(f"ratio on/off: {ratios(on, off, 0.90)}")
     print(f"\nDNS over TLS to unbound on loopback, {args.lookups} lookups (A+AAAA), ms:")
     for name, values in lat.items():
         print(f"  {name:26} p50 {pct(values, 50):8.3f}   p99 {pct(values, 99):8.3f}")

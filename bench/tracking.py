@@ -12,13 +12,8 @@ Target: tracking on >= 0.9x tracking off.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import multiprocessing
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.proxy import free_port, run_wrk, wait_port  # noqa: E402
+from bench.common import (  # noqa: E402
+    conditions, free_port, http_response, kill_all, measure, print_results, ratios, require_tools, run_wrk,
+    start_portico, start_upstream, stop, wrk_parser,
+)
 
 LINKS = "".join(f"<li><a href='https://partner{i}.example.net/page/{i}'>partner {i}</a> "
                 f"<a href='/local/{i}'>local {i}</a></li>" for i in range(12))
@@ -36,30 +34,7 @@ EVENTS = json.dumps({"events": [{"type": "pageview", "url": f"/p/{i}", "ref": "h
                                 for i in range(5)] + [{"type": "click", "url": "/p/1", "track": "cta"}] * 5})
 
 
-def serve_upstream(port: int) -> None:
-    response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\n"
-                b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(response)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
-
-
-def start_portico(tmp: Path, name: str, port: int, up_port: int, tracking: bool) -> subprocess.Popen[bytes]:
+def start_gateway(tmp: Path, name: str, port: int, up_port: int, tracking: bool) -> subprocess.Popen[bytes]:
     config = tmp / f"{name}.yaml"
     config.write_text(
         f"listen: 127.0.0.1:{port}\ngrpc: {{listen: 127.0.0.1:0}}\ncache: {{enabled: false}}\n"
@@ -67,73 +42,38 @@ def start_portico(tmp: Path, name: str, port: int, up_port: int, tracking: bool)
         f"routes: [{{name: site, match: {{host: '*', path_prefix: /}}, upstream: 'http://127.0.0.1:{up_port}'}}]\n"
         + (f"tracking: {{access_log: {{format: combined, path: {json.dumps(str(tmp / name / 'access.log'))}}}, "
            "beacon: {rate_per_minute: 100000000, max_events: 50}}\n" if tracking else "tracking: {enabled: false}\n"))
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "portico"), "run", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return start_portico(config, port)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=16)
+    parser = wrk_parser(__doc__)
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("bench: wrk is not installed; run scripts/install-system-deps.sh", file=sys.stderr)
-        return 2
-    up_port = free_port()
-    upstream = multiprocessing.Process(target=serve_upstream, args=(up_port,), daemon=True)
-    upstream.start()
-    wait_port(up_port)
+    require_tools("wrk")
+    upstream, up_port = start_upstream(http_response(BODY, content_type="text/html; charset=utf-8"))
     tmp = Path(tempfile.mkdtemp(prefix="portico-bench-tracking-"))
     results: dict[str, dict[str, float]] = {}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for name, on in (("tracking off", False), ("tracking on", True)):
             port = free_port()
-            proc = start_portico(tmp, name.replace(" ", "-"), port, up_port, on)
+            proc = start_gateway(tmp, name.replace(" ", "-"), port, up_port, on)
             procs.append(proc)
-            url = f"http://127.0.0.1:{port}/page?utm_source=bench"
-            run_wrk(url, 2, args.connections)  # warm-up
-            results[name] = run_wrk(url, args.duration, args.connections)
+            results[name] = measure(f"http://127.0.0.1:{port}/page?utm_source=bench", args.duration,
+                                    args.connections)
             if on:
                 script = tmp / "beacon.lua"
                 script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(EVENTS)}\n'
                                   'wrk.headers["Content-Type"] = "text/plain;charset=UTF-8"\n')
                 beacon_url = f"http://127.0.0.1:{port}/_portico/b"
-                out = subprocess.run(["wrk", "-t", "1", "-c", str(args.connections), "-d", f"{args.duration}s",
-                                      "--latency", "-s", str(script), beacon_url],
-                                     capture_output=True, text=True, check=True).stdout
-                import re
-
-                rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-                bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-                results["beacon (10 events)"] = {"rps": rps, "p50": float("nan"), "p99": float("nan"),
-                                                 "non2xx": int(bad.group(1)) if bad else 0}
+                results["beacon (10 events)"] = run_wrk(beacon_url, args.duration, args.connections, script=script)
             stop(proc)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-        upstream.kill()
+        kill_all([*procs, upstream])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nHTML route ({len(BODY)} bytes, 12 external links), {args.connections} keep-alive connections, "
-          f"{args.duration}s each, {os.cpu_count()} cores, wrk -t1")
-    print(f"{'':20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
-    for name, r in results.items():
-        print(f"{name:20}{r['rps']:>10.0f}{r['p50']:>10.2f}{r['p99']:>10.2f}{r['non2xx']:>10}")
-    off, on = results["tracking off"], results["tracking on"]
-    print(f"\nratio tracking on/off: throughput {on['rps'] / off['rps']:.2f}x (target >= 0.90x), "
-          f"p50 {on['p50'] / off['p50']:.2f}x")
+    print(f"\nHTML route ({len(BODY)} bytes, 12 external links), {conditions(args)}")
+    print_results(results.items(), 20)
+    print(f"\nratio tracking on/off: {ratios(results['tracking on'], results['tracking off'], 0.90)}")
     print(f"beacon endpoint: {results['beacon (10 events)']['rps'] * 10:.0f} events/s durable (202)")
     return 0
 

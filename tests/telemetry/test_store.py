@@ -202,3 +202,31 @@ def test_stats_report_events_bytes_partitions_and_range(store):
     assert (st.events, st.partitions) == (2, 2)
     assert st.oldest == T0 and st.newest == T0 + timedelta(days=2, hours=3)
     assert st.bytes > 0
+
+
+def test_thread_follower_mode_builds_the_same_rollups(tmp_path):
+    s = open_store(tmp_path / "d", follower="thread")
+    s.record([make_event("pageview", {"org": "acme" if i % 3 else "globex", "user": f"u{i % 10}"},
+                         time=T0 + timedelta(minutes=i)) for i in range(600)])
+    s.flush(10)
+    assert _count(s, filters=(__import__("telemetry.query", fromlist=["Filter"]).Filter("org", "eq", "acme"),)) == 400
+    r = s.query(Query(start=T0, end=T0 + timedelta(days=1), metric="users", interval=None))
+    assert r.rows[0].value == 10
+    s.close()
+
+
+def test_rollups_catch_up_within_two_seconds_of_the_last_ack(tmp_path):
+    s = open_store(tmp_path / "d", sync=True)
+    evs = [make_event("request", {"org": f"o{i % 7}", "path": f"/p{i % 50}", "user": f"u{i % 300}"},
+                      time=T0 + timedelta(seconds=i)) for i in range(30_000)]
+    futs = [s.submit(evs[i:i + 1000]) for i in range(0, len(evs), 1000)]
+    assert sum(f.result(30).accepted for f in futs) == 30_000
+    s.flush(timeout=2.0)
+    assert _count(s) == 30_000
+    assert s.stats().pending == 0
+    s.close()
+
+
+def test_unknown_follower_mode_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="follower"):
+        Store.open(StoreSettings(tmp_path, follower="fork"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -404,5 +404,5 @@ def validate_funnel(q: FunnelQuery) -> FunnelQuery:
 __all__ = [
     "AnyFilter", "BoolFilter", "EventPage", "Filter", "FunnelQuery", "FunnelResult", "FunnelStep",
     "FunnelStepResult", "GeoFilter", "ListQuery", "Query", "QueryResult", "Row", "enrolments_query",
-    "field", "parse_filter", "users_query",
+    "parse_filter", "users_query",
 ]

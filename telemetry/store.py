@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
-import msgpack
-import numpy as np
 
 from telemetry import follower, rollups
 from telemetry.dictionary import Dictionary
@@ -906,4 +904,4 @@ def _prepare_dest(dest: Path) -> None:
         raise StoreIOError(f"cannot create {dest}: {e.strerror or e}") from e
 
 
-__all__ = ["DEFAULT_DIMENSIONS", "RecordResult", "Store", "StoreSettings", "StoreStats", "msgpack", "os"]
+__all__ = ["DEFAULT_DIMENSIONS", "RecordResult", "Store", "StoreSettings", "StoreStats"]

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from mitmproxy import http
 
 from addons import metadata
-from addons.pages import error_response
+from addons.pages import error_response, html_text, html_to_edit, reverse_request_target
 from addons.recorder import Recorder
 from addons.signing import sign, verify
 from addons.visitor import Visitors
@@ -132,13 +132,10 @@ class Outbound:
         return self._rewritten[key]
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        target = reverse_request_target(flow)
+        if target is None or target[0] != self.endpoint:
             return
-        if flow.metadata.get(metadata.LISTENER) != "reverse":
-            return
-        path, _, query = flow.request.path.partition("?")
-        if path != self.endpoint:
-            return
+        query = target[1]
         request_id = flow.metadata.get(metadata.REQUEST_ID)
         checked = check_redirect(self.settings.secret, query)
         if isinstance(checked, str):
@@ -164,22 +161,10 @@ class Outbound:
             "X-Request-Id": request_id or ""})
 
     def response(self, flow: http.HTTPFlow) -> None:
-        s = self.settings
-        resp = flow.response
-        if not s.rewrite or resp is None or flow.error or resp.stream:
+        resp = html_to_edit(flow, self.settings.routes, MAX_REWRITE_BYTES) if self.settings.rewrite else None
+        if resp is None:
             return
-        if flow.metadata.get(metadata.LISTENER) != "reverse" or flow.metadata.get(metadata.BLOCKED_BY):
-            return
-        if "*" not in s.routes and flow.metadata.get(metadata.ROUTE) not in s.routes:
-            return
-        if resp.status_code != 200 or not resp.headers.get("content-type", "").lower().startswith("text/html"):
-            return
-        if resp.raw_content is None or len(resp.raw_content) > MAX_REWRITE_BYTES:
-            return
-        try:
-            text = resp.get_text(strict=False)
-        except ValueError:
-            text = None
+        text = html_text(resp)
         if text is None:
             log.info("request %s: HTML not rewritten: cannot decode %s body",
                      flow.metadata.get(metadata.REQUEST_ID), resp.headers.get("content-encoding", "identity"))

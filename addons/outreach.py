@@ -31,7 +31,7 @@ from mitmproxy import http
 from addons import metadata
 from addons.attribution import from_cookie_header, set_cookie_header
 from addons.outreachlinks import CLICK_PURPOSE, PIXEL_PURPOSE, OutreachHit, parse_hit
-from addons.pages import error_response
+from addons.pages import error_response, reverse_request_target
 from addons.privacy import truncate_address
 from addons.recorder import Recorder
 from addons.useragent import parse_user_agent
@@ -90,11 +90,10 @@ class Outreach:
         self.recent_clicks: dict[tuple[str, str], deque[tuple[float, str]]] = {}
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        target = reverse_request_target(flow)
+        if target is None:
             return
-        if flow.metadata.get(metadata.LISTENER) != "reverse":
-            return
-        path, _, query = flow.request.path.partition("?")
+        path, query = target
         if path == self.pixel_path:
             self._hit(flow, PIXEL_PURPOSE, query)
         elif path == self.click_path:

@@ -1,15 +1,20 @@
-"""HTML/JSON error and status pages that Portico's addons answer with.
+"""HTML/JSON error and status pages that Portico's addons answer with, and the pages they edit.
 
 Not an addon: a helper the addons share, so every page looks the same and carries the
-request id a user can quote to an operator.
+request id a user can quote to an operator, and so the addons that serve their own
+endpoints (outbound, outreach, snippet) or edit a site's HTML (outbound link rewriting,
+snippet injection) agree on which requests and pages are theirs.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Collection
 
 from mitmproxy import http
+
+from addons import metadata
 
 SERVER_HEADER = "Portico"
 
@@ -48,3 +53,48 @@ def wants_json(request: http.Request) -> bool:
     """True when the client prefers JSON over HTML (Accept header)."""
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/html" not in accept
+
+
+def reverse_request_target(flow: http.HTTPFlow) -> tuple[str, str] | None:
+    """(path, query) of a live request on the reverse listener that nothing has answered yet, else None.
+
+    Portico's own endpoints (redirects, pixels, clicks, the snippet and its beacon) sit under a
+    site's reserved prefix: only the reverse listener serves them, and an earlier addon's
+    answer (a block, a login page) wins.
+    """
+    if flow.response or flow.error or not flow.live:
+        return None
+    if flow.metadata.get(metadata.LISTENER) != "reverse":
+        return None
+    path, _, query = flow.request.path.partition("?")
+    return path, query
+
+
+def html_to_edit(flow: http.HTTPFlow, routes: Collection[str], max_bytes: int) -> http.Response | None:
+    """The response when it is a whole HTML page (200, at most `max_bytes` as sent) from a
+    route in `routes` ("*": every route) on the reverse listener and not one of our own
+    pages; else None.
+
+    Streamed bodies can't be edited in `response`; larger pages are passed on unchanged
+    rather than held in memory.
+    """
+    resp = flow.response
+    if resp is None or flow.error or resp.stream:
+        return None
+    if flow.metadata.get(metadata.LISTENER) != "reverse" or flow.metadata.get(metadata.BLOCKED_BY):
+        return None
+    if "*" not in routes and flow.metadata.get(metadata.ROUTE) not in routes:
+        return None
+    if resp.status_code != 200 or not resp.headers.get("content-type", "").lower().startswith("text/html"):
+        return None
+    if resp.raw_content is None or len(resp.raw_content) > max_bytes:
+        return None
+    return resp
+
+
+def html_text(resp: http.Response) -> str | None:
+    """The decoded body, or None when its content-encoding can't be undone (the caller logs why)."""
+    try:
+        return resp.get_text(strict=False)
+    except ValueError:
+        return None

@@ -42,6 +42,7 @@ from mitmproxy import http
 
 from addons import metadata
 from addons.attribution import Attribution, Goal, from_cookie_header, goals_for_event
+from addons.pages import html_text, html_to_edit, reverse_request_target
 from addons.privacy import clean_path
 from addons.recorder import Recorder
 from addons.referrers import classify
@@ -294,11 +295,10 @@ class Snippet:
     # --- endpoints -------------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        target = reverse_request_target(flow)
+        if target is None:
             return
-        if flow.metadata.get(metadata.LISTENER) != "reverse":
-            return
-        path = flow.request.path.split("?", 1)[0]
+        path = target[0]
         if path == self.script_path:
             flow.metadata[metadata.BLOCKED_BY] = "snippet:script"
             flow.response = http.Response.make(200, SCRIPT, {
@@ -407,16 +407,10 @@ class Snippet:
 
     def response(self, flow: http.HTTPFlow) -> None:
         s = self.settings
-        resp = flow.response
-        if not s.inject or resp is None or flow.error or resp.stream:
+        if not s.inject or flow.request.method != "GET":
             return
-        if flow.metadata.get(metadata.LISTENER) != "reverse" or flow.metadata.get(metadata.BLOCKED_BY):
-            return
-        if "*" not in s.routes and flow.metadata.get(metadata.ROUTE) not in s.routes:
-            return
-        if resp.status_code != 200 or not resp.headers.get("content-type", "").lower().startswith("text/html"):
-            return
-        if flow.request.method != "GET" or resp.raw_content is None or len(resp.raw_content) > MAX_INJECT_BYTES:
+        resp = html_to_edit(flow, s.routes, MAX_INJECT_BYTES)
+        if resp is None:
             return
         rid = flow.metadata.get(metadata.REQUEST_ID)
         csp_values = resp.headers.get_all("content-security-policy")
@@ -425,10 +419,7 @@ class Snippet:
             log.info("request %s: snippet not injected into %s: %s", rid, flow.request.path.split("?", 1)[0],
                      plan.reason)
             return
-        try:
-            text = resp.get_text(strict=False)
-        except ValueError:
-            text = None
+        text = html_text(resp)
         if text is None:
             log.info("request %s: snippet not injected: cannot decode the %s body", rid,
                      resp.headers.get("content-encoding", "identity"))

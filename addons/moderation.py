@@ -26,10 +26,9 @@ from mitmproxy import http
 
 from addons import metadata
 from addons.lists import ReloadingCategory
-from addons.pages import error_response
 from addons.textscore import PhraseScorer, Score, decode_body, normalise, visible_text
-from addons.verdicts import (ContinueSigner, client_url, consume_continue, destination_host, is_forward_connect,
-                             page, record, split_continue, with_continue)
+from addons.verdicts import (ContinueSigner, client_url, consume_continue, destination_host, fail_closed,
+                             is_forward_connect, page, pass_undecodable, record, split_continue, with_continue)
 
 log = logging.getLogger("portico.moderation")
 
@@ -199,16 +198,10 @@ class Moderation:
             verdict = score_text(self.settings.categories, text)
             if verdict is not None:
                 self._apply(flow, verdict, "response")
-        except ValueError as e:  # corrupt encoding: the client couldn't read it either; don't cache
-            flow.metadata[metadata.DO_NOT_CACHE] = "moderation:undecodable"
-            log.info("request %s: response not scored: %s", flow.metadata.get(metadata.REQUEST_ID), e)
+        except ValueError as e:  # corrupt encoding
+            pass_undecodable(flow, e, key="moderation", not_done="response not scored", logger=log)
         except Exception as e:  # fail closed
             self._fail(flow, e)
 
     def _fail(self, flow: http.HTTPFlow, e: Exception) -> None:
-        request_id = flow.metadata.get(metadata.REQUEST_ID)
-        log.exception("moderation failed for request %s", request_id)
-        flow.metadata[metadata.BLOCKED_BY] = "moderation:internal-error"
-        flow.metadata[metadata.DO_NOT_CACHE] = "moderation:error"
-        flow.response = error_response(503, "Service unavailable",
-                                       f"The content check failed ({type(e).__name__}); try again later.", request_id)
+        fail_closed(flow, e, key="moderation", check="content check", logger=log)

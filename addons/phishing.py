@@ -26,10 +26,9 @@ from mitmproxy import http
 from addons import metadata
 from addons.homograph import Finding, ProtectedDomains
 from addons.lists import domain_match
-from addons.pages import error_response
 from addons.textscore import decode_body
-from addons.verdicts import (ContinueSigner, client_url, consume_continue, destination_host, is_forward_connect,
-                             page, record, split_continue, with_continue)
+from addons.verdicts import (ContinueSigner, client_url, consume_continue, destination_host, fail_closed,
+                             is_forward_connect, page, pass_undecodable, record, split_continue, with_continue)
 
 log = logging.getLogger("portico.phishing")
 
@@ -151,16 +150,10 @@ class Phishing:
                         if h != own and (f := check_host(self.settings, h)) is not None]
             if findings:
                 self._decide(flow, findings, "link")
-        except ValueError as e:
-            flow.metadata[metadata.DO_NOT_CACHE] = "phishing:undecodable"
-            log.info("request %s: links not checked: %s", flow.metadata.get(metadata.REQUEST_ID), e)
+        except ValueError as e:  # corrupt encoding
+            pass_undecodable(flow, e, key="phishing", not_done="links not checked", logger=log)
         except Exception as e:  # fail closed
             self._fail(flow, e)
 
     def _fail(self, flow: http.HTTPFlow, e: Exception) -> None:
-        request_id = flow.metadata.get(metadata.REQUEST_ID)
-        log.exception("phishing check failed for request %s", request_id)
-        flow.metadata[metadata.BLOCKED_BY] = "phishing:internal-error"
-        flow.metadata[metadata.DO_NOT_CACHE] = "phishing:error"
-        flow.response = error_response(503, "Service unavailable",
-                                       f"The phishing check failed ({type(e).__name__}); try again later.", request_id)
+        fail_closed(flow, e, key="phishing", check="phishing check", logger=log)

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from mitmproxy import http
 
 from addons import metadata
-from addons.pages import SERVER_HEADER
+from addons.pages import SERVER_HEADER, error_response
 
 log = logging.getLogger("portico.guard")
 
@@ -138,6 +138,37 @@ def consume_continue(flow: http.HTTPFlow, signer: ContinueSigner, user: str) -> 
         ok = signer.valid(token, url, user)
     flow.metadata[metadata.GUARD_CONTINUED] = ok
     return ok
+
+
+def fail_closed(flow: http.HTTPFlow, error: Exception, *, key: str, check: str, logger: logging.Logger) -> None:
+    """Answer 503 because a check crashed: the request must not pass unchecked.
+
+    mitmproxy's addon manager logs and swallows hook exceptions, which would let the request
+    through; so the protection addons catch them and call this. The answer is not cached.
+
+    Args:
+        key: the addon's name in metadata values (`moderation` -> `moderation:internal-error`).
+        check: what failed, for the log and the page ("content check").
+        logger: the addon's logger, so the traceback is logged under the addon's name.
+    """
+    request_id = flow.metadata.get(metadata.REQUEST_ID)
+    logger.exception("%s failed for request %s", check, request_id)
+    flow.metadata[metadata.BLOCKED_BY] = f"{key}:internal-error"
+    flow.metadata[metadata.DO_NOT_CACHE] = f"{key}:error"
+    flow.response = error_response(503, "Service unavailable",
+                                   f"The {check} failed ({type(error).__name__}); try again later.", request_id)
+
+
+def pass_undecodable(flow: http.HTTPFlow, error: ValueError, *, key: str, not_done: str,
+                     logger: logging.Logger) -> None:
+    """A body whose encoding is corrupt goes on unchecked (the client can't read it either) but is never cached.
+
+    Args:
+        key: the addon's name in metadata values (`moderation` -> `moderation:undecodable`).
+        not_done: what was skipped, for the log ("response not scored").
+    """
+    flow.metadata[metadata.DO_NOT_CACHE] = f"{key}:undecodable"
+    logger.info("request %s: %s: %s", flow.metadata.get(metadata.REQUEST_ID), not_done, error)
 
 
 def record(store: Any, type_: str, attrs: Mapping[str, Any]) -> None:

@@ -7,12 +7,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from tests.integration.harness import GatewayThread, request
+from tests.integration.harness import GatewayThread, LoopbackServer, QuietHandler, request
 
 Reply = tuple[int, dict[str, str] | list[tuple[str, str]], bytes]
 
@@ -24,7 +23,7 @@ class Seen:
     headers: dict[str, str]
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopbackServer):
     """A real HTTP/1.1 server: `script[path]` is a Reply or a function(Seen) -> Reply.
 
     `seen` lists every request it received, so a test can assert a hit never reached it.
@@ -38,12 +37,7 @@ class ScriptedUpstream:
         self.lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                return
-
+        class Handler(QuietHandler):
             def date_time_string(self, timestamp: float | None = None) -> str:
                 return super().date_time_string(outer.clock() if timestamp is None else timestamp)
 
@@ -57,35 +51,14 @@ class ScriptedUpstream:
                 if outer.delay:
                     time.sleep(outer.delay)
                 action = outer.script.get(self.path.split("?", 1)[0], (404, {"Cache-Control": "no-store"}, b"none"))
-                status, headers, body = action(seen) if callable(action) else action
-                pairs = list(headers.items()) if isinstance(headers, dict) else list(headers)
-                self.send_response(status)
-                for k, v in pairs:
-                    self.send_header(k, v)
-                if not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in pairs) \
-                        and status not in (204, 304):
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD" and status not in (204, 304):
-                    self.wfile.write(body)
+                self.reply(*(action(seen) if callable(action) else action))
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _any  # noqa: N815
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(Handler)
 
     def count(self, path: str | None = None, method: str | None = None) -> int:
         return sum(1 for s in self.seen if (path is None or s.path == path) and (method is None or s.method == method))
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class Clock:

@@ -6,15 +6,14 @@ import gzip
 import html
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import brotli
 import pytest
 
 from tests.guard.conftest import dns_yaml
-from tests.integration.harness import EchoUpstream, GatewayThread, proxy_request, request
+from tests.integration.harness import (EchoUpstream, GatewayThread, LoopbackServer, QuietHandler, proxy_request,
+                                      request)
 
 PAGES = {
     "/clean": ("text/html", "<html><body><p>Opening hours and directions.</p></body></html>"),
@@ -27,19 +26,14 @@ PAGES = {
 }
 
 
-class PageUpstream:
+class PageUpstream(LoopbackServer):
     """Serves PAGES with the encoding asked in ?enc=gzip|br and Cache-Control: max-age=300."""
 
     def __init__(self) -> None:
         self.hits: dict[str, int] = {}
         outer = self
 
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                return
-
+        class H(QuietHandler):
             def do_GET(self):  # noqa: N802
                 parts = urlsplit(self.path)
                 outer.hits[parts.path] = outer.hits.get(parts.path, 0) + 1
@@ -50,20 +44,9 @@ class PageUpstream:
                     body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
                 elif "enc=br" in parts.query:
                     body, headers["Content-Encoding"] = brotli.compress(body), "br"
-                self.send_response(200)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, headers, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(H)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@
 `GatewayThread` runs a real `proxy.server.Gateway` (mitmproxy + addons + gRPC) on its own
 asyncio loop in a background thread, so tests can talk to it with blocking clients.
 `EchoUpstream` is a real HTTP server that answers with what it received, as JSON.
+`LoopbackServer` + `QuietHandler` are what every test upstream is built on (here, in
+tests/cache/conftest.py, tests/tracking/gateway.py and the guard tests).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,7 +23,47 @@ from proxy.config import PorticoConfig, parse_config
 from proxy.server import Gateway
 
 
-class EchoUpstream:
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 (keep-alive) and no access log on stderr; `reply` sends a whole response."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+    def reply(self, status: int, headers: Mapping[str, str] | Iterable[tuple[str, str]], body: bytes) -> None:
+        """Status, headers in order, a Content-Length unless given (or 204/304), and the body unless HEAD."""
+        pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+        self.send_response(status)
+        for k, v in pairs:
+            self.send_header(k, v)
+        if not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in pairs) \
+                and status not in (204, 304):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and status not in (204, 304):
+            self.wfile.write(body)
+
+
+class LoopbackServer:
+    """A real threaded HTTP server on 127.0.0.1, port 0, serving `handler` from a daemon thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class EchoUpstream(LoopbackServer):
     """Answers every request with JSON {method, path, headers, body, name}; `delay` slows it."""
 
     def __init__(self, name: str = "upstream", delay: float = 0.0,
@@ -29,12 +71,7 @@ class EchoUpstream:
         self.name, self.delay, self.requests = name, delay, []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                return
-
+        class Handler(QuietHandler):
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
@@ -55,18 +92,7 @@ class EchoUpstream:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _any  # noqa: N815
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 class RawUpstream:

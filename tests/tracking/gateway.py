@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import brotli
 
 from telemetry.query import ListQuery
+from tests.integration.harness import LoopbackServer, QuietHandler
 
 PAGE = ("<!doctype html><html><head><title>{title}</title></head><body><h1>{title}</h1>"
         "<a href='https://example.net/partner?id=7'>partner</a> <a href=\"/about\">about</a>"
         "<button data-track=signup>Sign up</button></body></html>")
 
 
-class HtmlUpstream:
+class HtmlUpstream(LoopbackServer):
     """Serves HTML plain, gzip- and br-encoded, with a CSP nonce, and JSON."""
 
     def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                return
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
                 path = self.path.split("?", 1)[0]
                 headers = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
@@ -44,24 +38,9 @@ class HtmlUpstream:
                     headers["Content-Type"] = "application/json"
                 elif path == "/style.css":
                     body, headers["Content-Type"] = b"body{}", "text/css"
-                self.send_response(200)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, headers, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def gateway_config(upstream_url: str, data_dir: str, extra: str = "") -> str:

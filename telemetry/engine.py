@@ -34,6 +34,25 @@ SLOT = rollups.SLOT_US
 NONE = 0   # interned id of "missing"
 
 
+class BoolKey:
+    """A boolean group key: keeps True apart from 1 (equal as dict keys in Python)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BoolKey) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(("BoolKey", self.value))
+
+
+def _plain(x: Any) -> Any:
+    return x.value if isinstance(x, BoolKey) else x
+
+
 class _Interner:
     """Per-query value <-> small int ids, shared by every segment (id 0 = None)."""
 
@@ -48,7 +67,7 @@ class _Interner:
         i = self.ids.get(k)
         if i is None:
             i = self.ids[k] = len(self.values)
-            self.values.append(v)
+            self.values.append(BoolKey(v) if type(v) is bool else v)
         return i
 
 
@@ -361,6 +380,12 @@ def _scan(store: Any, q: Query, B: np.ndarray | None, func: str, attr: str | Non
         names.update("c:" + a for a in rollups.ACTOR_ATTRS)
     elif attr is not None:
         names.add("f:" + attr)
+    simple = (func == "count" and not q.filters and q.geo is None and len(q.group_by) == 1
+              and q.group_by[0] not in ("type", "geo_cell"))
+    if simple:
+        fast = _scan_simple_count(store, q, B, s_us, e_us, names, it)
+        if fast is not None:
+            return fast
     parts: list[list[np.ndarray]] = []
     for n, cols, dicts in _segments(store, s_us, e_us, q.types, names):
         mask = _row_mask(ctx, cols, dicts, n, s_us, e_us, q.types, q.filters, q.geo)
@@ -461,6 +486,47 @@ def _scan(store: Any, q: Query, B: np.ndarray | None, func: str, attr: str | Non
         gk = tuple(it.values[klists[j][i]] for j in range(b_off, nkeys))
         out[(bucket, gk)] = _num(v) if func not in ("avg", "p50", "p95") else v
     return out
+
+
+def _scan_simple_count(store: Any, q: Query, B: np.ndarray | None, s_us: int, e_us: int, names: set[str],
+                       it: _Interner) -> dict[tuple[int, tuple], Any] | None:
+    """count grouped by one scalar string/int attribute: a bincount of local codes per segment.
+
+    Returns None (use the general path) when a segment holds the attribute as a list/map or
+    as floats only.
+    """
+    attr = q.group_by[0]
+    ctx = _Ctx(store)
+    acc: dict[tuple[int, int], int] = {}    # (bucket, interned value id) -> count
+    for n, cols, dicts in _segments(store, s_us, e_us, q.types, names):
+        if ("m:" + attr) in cols or (("f:" + attr) in cols and ("c:" + attr) not in cols):
+            return None
+        t = cols["@t"]
+        c = cols.get("c:" + attr)
+        if q.types:
+            mask = _row_mask(ctx, cols, dicts, n, s_us, e_us, q.types, (), None)
+        elif not n or (t.min() >= s_us and t.max() < e_us):
+            mask = None
+        else:
+            mask = (t >= s_us) & (t < e_us)
+        codes = c if c is not None else np.zeros(n, np.uint32)
+        if mask is not None:
+            codes, t = codes[mask], t[mask]
+        if not len(codes):
+            continue
+        values = dicts.get("c:" + attr, [])
+        width = len(values) + 1
+        if B is not None:
+            b = np.searchsorted(B, t, "right") - 1
+            counts = np.bincount(b * width + codes, minlength=len(B) * width)
+        else:
+            counts = np.bincount(codes, minlength=width)
+        ids = [NONE] + [it.id(v) for v in values]
+        for k in np.flatnonzero(counts).tolist():
+            bucket, code = (divmod(k, width) if B is not None else (-1, k))
+            key = (bucket, ids[code])
+            acc[key] = acc.get(key, 0) + int(counts[k])
+    return {(b, (it.values[i],)): v for (b, i), v in acc.items()}
 
 
 # ---- the rollup path ----------------------------------------------------------------------
@@ -628,21 +694,25 @@ def _rollups(store: Any, q: Query, B: np.ndarray | None, plan: tuple, func: str,
     if not piece_t:
         return out
     t = np.concatenate(piece_t)
+    if not len(t):
+        return out
     bidx = (np.searchsorted(B, t, "right") - 1) if B is not None else np.full(len(t), -1)
     tcs = np.concatenate(piece_type) if gb_type else np.zeros(len(t), np.int64)
     ccs = np.concatenate(piece_code) if gb_dim else np.zeros(len(t), np.int64)
     vals = np.concatenate(piece_n)
-    ub, ib = np.unique(bidx, return_inverse=True)
-    ut, it_ = np.unique(tcs, return_inverse=True)
-    uc, ic = np.unique(ccs, return_inverse=True)
-    dense = (ib.reshape(-1) * len(ut) + it_.reshape(-1)) * len(uc) + ic.reshape(-1)
-    size = len(ub) * len(ut) * len(uc)
-    if size <= 50_000_000:
-        sums = np.bincount(dense, weights=vals, minlength=size)
+    # dense radix index (bucket+1, type, code) -> bincount; no sort of the pieces
+    rb, rt, rc = (len(B) + 1) if B is not None else 1, int(tcs.max()) + 1, int(ccs.max()) + 1
+    if rb * rt * rc <= 50_000_000:
+        dense = ((bidx + 1) * rt + tcs) * rc + ccs
+        sums = np.bincount(dense, weights=vals, minlength=rb * rt * rc)
         nz = np.flatnonzero(sums)
-        trip = zip(ub[nz // (len(ut) * len(uc))].tolist(), ut[(nz // len(uc)) % len(ut)].tolist(),
-                   uc[nz % len(uc)].tolist(), sums[nz].tolist())
+        trip = zip((nz // (rt * rc) - 1).tolist(), ((nz // rc) % rt).tolist(), (nz % rc).tolist(),
+                   sums[nz].tolist())
     else:
+        ub, ib = np.unique(bidx, return_inverse=True)
+        ut, it_ = np.unique(tcs, return_inverse=True)
+        uc, ic = np.unique(ccs, return_inverse=True)
+        dense = (ib.reshape(-1) * len(ut) + it_.reshape(-1)) * len(uc) + ic.reshape(-1)
         keys, inv = np.unique(dense, return_inverse=True)
         sums = np.bincount(inv.reshape(-1), weights=vals, minlength=len(keys))
         trip = zip(ub[keys // (len(ut) * len(uc))].tolist(), ut[(keys // len(uc)) % len(ut)].tolist(),
@@ -657,6 +727,7 @@ def _rollups(store: Any, q: Query, B: np.ndarray | None, plan: tuple, func: str,
 # ---- rows, ordering, paging --------------------------------------------------------------
 
 def _rank(v: Any) -> tuple:
+    v = _plain(v)
     if v is None:
         return (0, 0)
     if type(v) is bool:
@@ -749,7 +820,7 @@ def run_query(store: Any, q: Query) -> QueryResult:
             if g == "geo_cell":
                 keys["lat"], keys["lon"] = (x if x is not None else (None, None))
             else:
-                keys[g] = x
+                keys[g] = _plain(x)
         rows.append(Row(from_us(int(B[b]), tz) if B is not None else None, keys, v))
     return QueryResult(rows, total, token, interval, False)
 

@@ -313,3 +313,12 @@ def test_parse_filter_forms():
     for bad in ("", "=x", "status>=abc", "path~("):
         with pytest.raises(QueryError):
             parse_filter(bad)
+
+
+def test_simple_group_by_keeps_booleans_and_integers_apart(store):
+    store.record([make_event("x", {"flag": True}, time=T0), make_event("x", {"flag": 1}, time=T0),
+                  make_event("x", {"flag": "1"}, time=T0), make_event("x", {}, time=T0)])
+    store.flush(5)
+    r = store.query(Query(start=T0, end=T0 + timedelta(hours=1), group_by=("flag",), interval=None))
+    got = sorted(((type(row.keys["flag"]).__name__, row.keys["flag"]), row.value) for row in r.rows)
+    assert got == [(("NoneType", None), 1), (("bool", True), 1), (("int", 1), 1), (("str", "1"), 1)]

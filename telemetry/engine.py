@@ -606,10 +606,12 @@ def _day_plan(B: np.ndarray | None, s_us: int, e_us: int) -> tuple[set[int], lis
 
 
 def _rollups(store: Any, q: Query, B: np.ndarray | None, plan: tuple, func: str, s_us: int,
-             e_us: int) -> dict[tuple[int, tuple], Any]:
+             e_us: int, total_hint: list[int | None] | None = None) -> dict[tuple[int, tuple], Any]:
     """Answer from the rollups: counters, per-value counters, code/count blobs or actor sets."""
     dim, values, types, gb_type, gb_dim = plan
     d = store.dictionary
+    if total_hint is None:
+        total_hint = [None]
     fcodes = None
     if values is not None:
         fcodes, _ = _Ctx(store).eq_codes(values)
@@ -706,6 +708,12 @@ def _rollups(store: Any, q: Query, B: np.ndarray | None, plan: tuple, func: str,
         dense = ((bidx + 1) * rt + tcs) * rc + ccs
         sums = np.bincount(dense, weights=vals, minlength=rb * rt * rc)
         nz = np.flatnonzero(sums)
+        if B is None and q.order != "time" and not q.page_token and len(nz) > 4 * (q.limit + 1):
+            # Top-N: decode only the groups that can make the first page (ties included).
+            total_hint[0] = len(nz)
+            score = -sums[nz] if q.order == "value_desc" else sums[nz]
+            kth = np.partition(score, q.limit)[q.limit]
+            nz = nz[score <= kth]
         trip = zip((nz // (rt * rc) - 1).tolist(), ((nz // rc) % rt).tolist(), (nz % rc).tolist(),
                    sums[nz].tolist())
     else:
@@ -758,7 +766,8 @@ def run_query(store: Any, q: Query) -> QueryResult:
     B = boundaries(q.start, q.end, interval, tz) if interval else None
     func, attr = parse_metric(q.metric)
     plan = _rollup_plan(store, q, B, func, s_us, e_us)
-    groups = _rollups(store, q, B, plan, func, s_us, e_us) if plan is not None else \
+    total_hint: list[int | None] = [None]     # set when the rollups pruned groups for top-N
+    groups = _rollups(store, q, B, plan, func, s_us, e_us, total_hint) if plan is not None else \
         _scan(store, q, B, func, attr, s_us, e_us)
     if B is not None:
         nb = len(B) - 1
@@ -768,7 +777,7 @@ def run_query(store: Any, q: Query) -> QueryResult:
                 groups.setdefault((b, gk), 0)
     nb = len(B) - 1 if B is not None else 0
     items = [(b, gk, v) for (b, gk), v in groups.items() if B is None or 0 <= b < nb]
-    total = len(items)
+    total = total_hint[0] if total_hint[0] is not None else len(items)
     fp = _fingerprint(q, interval)
     after = None
     if q.page_token:

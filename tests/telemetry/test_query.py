@@ -322,3 +322,16 @@ def test_simple_group_by_keeps_booleans_and_integers_apart(store):
     r = store.query(Query(start=T0, end=T0 + timedelta(hours=1), group_by=("flag",), interval=None))
     got = sorted(((type(row.keys["flag"]).__name__, row.keys["flag"]), row.value) for row in r.rows)
     assert got == [(("NoneType", None), 1), (("bool", True), 1), (("int", 1), 1), (("str", "1"), 1)]
+
+
+def test_top_n_from_rollups_reports_every_group_and_pages_on(store):
+    # path i occurs i+1 times: the top 5 are /p199../p195, 200 groups in total
+    store.record([make_event("pageview", {"path": f"/p{i}"}, time=T0 + timedelta(minutes=j % 600))
+                  for i in range(200) for j in range(i + 1)])
+    store.flush(10)
+    q = Query(start=T0, end=T0 + timedelta(days=1), group_by=("path",), interval=None, order="value_desc", limit=5)
+    r = store.query(q)
+    assert r.total_rows == 200
+    assert [(row.keys["path"], row.value) for row in r.rows] == [(f"/p{i}", i + 1) for i in range(199, 194, -1)]
+    r2 = store.query(Query(**{**q.__dict__, "page_token": r.next_page_token}))
+    assert [row.keys["path"] for row in r2.rows] == [f"/p{i}" for i in range(194, 189, -1)]

@@ -39,6 +39,8 @@ from addons.pages import SERVER_HEADER, error_response
 log = logging.getLogger("portico.dashboard")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "dashboard"
+VENDOR_FILES = ("chart.umd.min.js", "topojson-client.min.js", "land-110m.json")
+"""Installed from the npm registry by scripts/dashboard-assets.sh (pinned, sha256-checked)."""
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -86,6 +88,10 @@ class Dashboard:
         self.store = store
         self.base = settings.reserved_prefix + "dashboard"
         self._assets: dict[str, tuple[bytes, bytes | None, str]] = {}
+        missing = [n for n in VENDOR_FILES if not (settings.static_dir / "vendor" / n).is_file()]
+        if missing:
+            log.warning("dashboard: %s missing from %s: charts and the map will not render; run "
+                        "scripts/dashboard-assets.sh", ", ".join(missing), settings.static_dir / "vendor")
 
     # ---- hook -----------------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating virtualenv .venv"
   "$PYTHON" -m venv .venv
 fi
+# the dashboard's pinned front-end libraries, from the npm registry (skipped when present and intact)
+scripts/dashboard-assets.sh
 stamp=".venv/.portico-installed${extras:+-$extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "==> installing Portico${extras:+ with [$extras]} into .venv"

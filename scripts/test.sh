@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-system-deps.sh
 scripts/bootstrap.sh test
+# screenshots of the dashboard at phone and desktop widths are kept here as test artefacts
+export PORTICO_ARTIFACTS="${PORTICO_ARTIFACTS:-$PWD/test-artifacts}"
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

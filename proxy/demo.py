@@ -154,6 +154,8 @@ routes:
     upstream: {module_url}
 telemetry: {{path: {json.dumps(str(data_dir / 'events'))}}}
 grpc: {{listen: 127.0.0.1:{grpc_port}}}
+cache: {{enabled: true, path: {json.dumps(str(data_dir / 'cache'))}}}
+dashboard: {{admin_groups: [demo-admins]}}
 auth:
   backend: file
   users_file: {json.dumps(str(data_dir / 'users.yaml'))}
@@ -192,19 +194,30 @@ def prepare(port: int, data_dir: str | Path, grpc_port: int = 50051) -> tuple[Po
     return config, module
 
 
-def warm_up(gateway_url: str, out: TextIO) -> None:
-    """A first visitor: a few requests through the gateway so the log shows traffic at once."""
-    for path in ("/", "/about", "/about", "/api/items", "/nope"):
+def warm_up(gateway_url: str, out: TextIO, store: Any = None) -> None:
+    """A first visitor: a few requests through the gateway so the log shows traffic, cache
+    hits (the Cache-Status header) and recorded events at once."""
+    for path in ("/", "/about", "/about", "/api/items", "/api/items", "/nope"):
         start = time.monotonic()
         try:
             with urllib.request.urlopen(gateway_url + path, timeout=5) as resp:  # noqa: S310 - loopback
-                status = resp.status
+                status, cache = resp.status, resp.headers.get("Cache-Status", "-")
         except urllib.error.HTTPError as e:
-            status = e.code
+            status, cache = e.code, e.headers.get("Cache-Status", "-")
         except OSError as e:
             print(f"  warm-up {path}: {e}", file=out)
             continue
-        print(f"  GET {path:<12} -> {status} ({(time.monotonic() - start) * 1000:.0f} ms)", file=out)
+        print(f"  GET {path:<12} -> {status} ({(time.monotonic() - start) * 1000:.0f} ms)  cache: {cache}", file=out)
+    if store is not None:
+        try:
+            store.flush(timeout=5)
+            events = store.stats().events
+            print(f"\n{events} events recorded so far. Try:\n"
+                  "  .venv/bin/portico query --type request --by path --interval none\n"
+                  "  .venv/bin/portico events list --limit 5\n"
+                  "  dashboard: sign in as bob, then open /_portico/dashboard/", file=out, flush=True)
+        except Exception as e:  # noqa: BLE001 - a hint only; the demo keeps running
+            print(f"  (could not read the event store: {e})", file=out)
 
 
 def print_welcome(gateway: Any, module: DemoModule, out: TextIO) -> None:
@@ -214,6 +227,6 @@ def print_welcome(gateway: Any, module: DemoModule, out: TextIO) -> None:
           f"  Data:     {gateway.config.telemetry.path}\n"
           f"  gRPC API: 127.0.0.1:{gateway.grpc_port}  (try: portico stats)\n"
           f"  Sign in:  {url}/_portico/login  as "
-          + ", ".join(f"{n} / {p}" for n, p, _ in DEMO_USERS) + " (only alice may open /members/)\n"
+          + ", ".join(f"{n} / {p}" for n, p, _ in DEMO_USERS) + " (only alice may open /members/; bob may open the dashboard)\n"
           "  Stop:     Ctrl-C\n\nA first visitor is browsing:", file=out, flush=True)
-    threading.Thread(target=warm_up, args=(url, out), daemon=True, name="demo-warm-up").start()
+    threading.Thread(target=warm_up, args=(url, out, gateway.store), daemon=True, name="demo-warm-up").start()

@@ -112,7 +112,9 @@ def test_demo_serves_a_page_through_the_gateway(tmp_path):
         with urllib.request.urlopen(base + "/about", timeout=5) as resp:
             page = resp.read().decode()
         assert resp.status == 200 and "Demo org" in page
-        _wait_for_line(proc, r"GET /about\s+-> 200")
+        _wait_for_line(proc, r"GET /about\s+-> 200 .*cache: portico; hit")  # a newcomer sees a cache hit
+        m = _wait_for_line(proc, r"(\d+) events recorded so far")  # ... and events in the store
+        assert int(m.group(1)) >= 6
     finally:
         proc.send_signal(signal.SIGINT)
         try:

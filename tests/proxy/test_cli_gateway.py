@@ -57,20 +57,33 @@ def test_unknown_subcommand_is_a_usage_error():
     assert result.returncode == 2
 
 
+_PENDING: dict[int, bytes] = {}
+"""Bytes read from each process's stdout but not yet consumed as lines (by pid)."""
+
+
 def _wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 30) -> re.Match[str]:
+    """The first line of `proc`'s stdout matching `pattern`, reading the pipe's fd directly:
+    a buffered readline() can pull several lines in at once, after which select() never
+    reports the ones already buffered."""
     deadline = time.monotonic() + timeout
-    seen = []
-    stream = proc.stdout
-    assert stream is not None
+    seen: list[str] = []
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buffer = _PENDING.pop(proc.pid, b"")
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 0.2)
-        if ready:
-            line = stream.readline()
-            if not line:
-                break
-            seen.append(line)
+        while b"\n" in buffer:
+            raw, buffer = buffer.split(b"\n", 1)
+            line = raw.decode("utf-8", "replace")
+            seen.append(line + "\n")
             if m := re.search(pattern, line):
+                _PENDING[proc.pid] = buffer
                 return m
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buffer += chunk
     proc.kill()
     raise AssertionError(f"never saw {pattern!r}; output: {''.join(seen)[-2000:]}")
 

@@ -615,17 +615,6 @@ def read_secret(key: str, file: Path | None, env: str | None) -> str | None:
     return None
 
 
-def is_loopback_listen(listen: str | tuple[str, int]) -> bool:
-    """True when a listen address only accepts connections from this machine."""
-    host = parse_hostport(listen)[0] if isinstance(listen, str) else listen[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def describe(config: PorticoConfig) -> dict[str, Any]:
     """A short summary for `check-config` and the start-up log (no secrets)."""
     return {

@@ -21,7 +21,7 @@ from mitmproxy import options
 from mitmproxy.master import Master
 
 from proxy import pipeline
-from proxy.config import PorticoConfig, describe, is_loopback_listen
+from proxy.config import PorticoConfig, describe
 from proxy.schema import ConfigError
 from addons.lifecycle import Lifecycle
 

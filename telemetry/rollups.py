@@ -230,31 +230,28 @@ def slot_key_range(prefix: bytes, slot_from: int, slot_to: int) -> tuple[bytes, 
 
 def read_counts(txn: Any, db: Any, type_code: int, slot_from: int, slot_to: int) -> tuple[np.ndarray, np.ndarray]:
     """(slots, counts) of one type over [slot_from, slot_to)."""
-    prefix = b"t" + type_code.to_bytes(4, "big")
-    lo, hi = slot_key_range(prefix, slot_from, slot_to)
-    slots, counts = [], []
-    cur = txn.cursor(db=db)
-    if cur.set_range(lo):
-        for k, v in cur:
-            if k >= hi:
-                break
-            slots.append(int.from_bytes(k[5:9], "big"))
-            counts.append(int.from_bytes(v, "little"))
-    return np.array(slots, np.int64), np.array(counts, np.int64)
+    return _scan_slot_counts(txn, db, b"t" + type_code.to_bytes(4, "big"), slot_from, slot_to)
 
 
 def read_value_counts(txn: Any, db: Any, dim_code: int, value_code: int, type_code: int, slot_from: int,
                       slot_to: int) -> tuple[np.ndarray, np.ndarray]:
     """(slots, counts) of one dimension value and type over [slot_from, slot_to)."""
     prefix = b"v" + dim_code.to_bytes(4, "big") + value_code.to_bytes(4, "big") + type_code.to_bytes(4, "big")
+    return _scan_slot_counts(txn, db, prefix, slot_from, slot_to)
+
+
+def _scan_slot_counts(txn: Any, db: Any, prefix: bytes, slot_from: int,
+                      slot_to: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slots, counts) of the counter keys `prefix + slot` in [slot_from, slot_to)."""
     lo, hi = slot_key_range(prefix, slot_from, slot_to)
+    start = len(prefix)
     slots, counts = [], []
     cur = txn.cursor(db=db)
     if cur.set_range(lo):
         for k, v in cur:
             if k >= hi:
                 break
-            slots.append(int.from_bytes(k[13:17], "big"))
+            slots.append(int.from_bytes(k[start:start + 4], "big"))
             counts.append(int.from_bytes(v, "little"))
     return np.array(slots, np.int64), np.array(counts, np.int64)
 

@@ -4,6 +4,7 @@ endpoints, per-item errors, the batch cap, request validation, tracking off, and
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -116,7 +117,7 @@ def test_bulk_urls_from_grpc_work_on_the_gateway_pixel_and_click_endpoints(gatew
     pixel, click, bad = reply.results
     assert not pixel.error and not click.error
     assert pixel.url.startswith(gw.url + "/_portico/px.gif?") and click.url.startswith(gw.url + "/_portico/c?")
-    assert "ada" not in pixel.url + click.url  # only the pseudonym travels
+    assert not re.search(r"ada(@|%40)", pixel.url + click.url, re.I)  # only the pseudonym travels (hex may hold "ada")
     assert bad.url == "" and bad.error.startswith("items[2].campaign: expected 1-64 characters")
 
     status, headers, body = request(gw.url, pixel.url[len(gw.url):], headers={"User-Agent": CHROME})

@@ -107,7 +107,7 @@ def test_pixel_records_first_and_repeat_opens_and_flags_machines(env):
     opens = [e for e in events(store(gw), "email_open", wait_for=3) if e.attrs["campaign"] == "spring"]
     assert [e.attrs["first"] for e in opens] == [True, False, False]  # a replay is a repeat open
     assert [e.attrs["machine"] for e in opens] == [False, False, True]
-    assert opens[0].attrs["recipient"] and "ada" not in json.dumps([dict(e.attrs) for e in opens])
+    assert opens[0].attrs["recipient"] and "ada@" not in json.dumps([dict(e.attrs) for e in opens]).lower()
     soon = make_tracked_urls(secret, gw.url, "soon", recipient_tracking=True)[0].pixel  # sent now
     request(gw.url, soon[len(gw.url):], headers={"User-Agent": CHROME})
     soon_open = [e for e in events(store(gw), "email_open", wait_for=4) if e.attrs["campaign"] == "soon"]

@@ -41,6 +41,24 @@ def test_generated_ids_are_time_ordered_and_26_chars():
     a = new_id(1_000_000)
     b = new_id(2_000_000)
     assert len(a) == 26 and a < b
+    same_ms = [new_id(5_000_000 + i) for i in range(5000)]   # crosses counter cache boundaries
+    assert len(set(same_ms)) == 5000 and same_ms == sorted(same_ms)
+    assert all(set(i) <= set("0123456789ABCDEFGHJKMNPQRSTVWXYZ") for i in same_ms)
+
+
+def test_a_forked_child_never_repeats_its_parents_ids():
+    import os
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, ",".join(new_id(7_000_000) for _ in range(100)).encode())
+        os._exit(0)
+    os.close(w)
+    child = set(os.read(r, 1 << 16).decode().split(","))
+    os.waitpid(pid, 0)
+    parent = {new_id(7_000_000) for _ in range(100)}
+    assert len(child) == 100 and not child & parent
+    assert {i[10:18] for i in child} != {i[10:18] for i in parent}   # a new random part
 
 
 @pytest.mark.parametrize("kwargs, field", [

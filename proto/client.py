@@ -8,13 +8,14 @@ failures into `ApiError` with a one-line message such as
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from proto import packed
 from proto.portico.v1 import analytics_pb2 as pb
 from proto.portico.v1 import analytics_pb2_grpc as pb_grpc
 
@@ -107,7 +108,22 @@ class AnalyticsClient:
             raise translate(e, self.settings.server) from None
 
     def record(self, events: list[pb.Event]) -> pb.RecordResponse:
+        """Send typed `pb.Event` messages (slower to decode on the server; see `record_events`)."""
         return self._call("Record", pb.RecordRequest(events=events))
+
+    def record_events(self, events: Sequence[Mapping[str, Any]]) -> pb.RecordResponse:
+        """Send wire maps {"type", "attrs", "id", "time_us"} (`packed.wire_event`) in one
+        `events_msgpack` blob: the fast form. Errors in the answer index into `events`.
+
+        Raises:
+            packed.PackError: an event can't be encoded (names its index and field).
+            ApiError: the call failed.
+        """
+        return self.record_packed(packed.pack_events(events))
+
+    def record_packed(self, events_msgpack: bytes) -> pb.RecordResponse:
+        """Send an already packed batch (`packed.pack_events` / `packed.join_packed`)."""
+        return self._call("Record", pb.RecordRequest(events_msgpack=events_msgpack))
 
     def query(self, request: pb.QueryRequest) -> pb.QueryResponse:
         return self._call("Query", request)

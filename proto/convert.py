@@ -142,6 +142,26 @@ def event_from_pb(msg: pb.Event) -> Any:
     return make_event(msg.type, attrs, id=msg.id or None)
 
 
+def events_from_pb(msgs: Sequence[pb.Event]) -> tuple[list[Any], list[int] | None, list[tuple[int, str]]]:
+    """Validated Events of typed messages: (events, their indexes or None when all, errors).
+
+    Errors are (index, message naming the field); the good events are kept.
+    """
+    from telemetry.errors import EventError
+
+    good: list[Any] = []
+    errors: list[tuple[int, str]] = []
+    for i, msg in enumerate(msgs):
+        try:
+            good.append(event_from_pb(msg))
+        except (EventError, TypeError, ValueError, OverflowError) as e:
+            errors.append((i, str(e)))
+    if not errors:
+        return good, None, errors
+    bad = {i for i, _ in errors}
+    return good, [i for i in range(len(msgs)) if i not in bad], errors
+
+
 def event_to_pb(event: Any, out: pb.Event) -> pb.Event:
     out.id = event.id
     set_timestamp_us(out.time, event.time_us)

@@ -24,7 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import grpc
 
 from proto.client import DEFAULT_SERVER, AnalyticsClient, ApiError, ClientSettings
-from proto.convert import set_timestamp, set_value, value_to_py
+from proto.convert import set_timestamp, set_timestamp_us, set_value, value_to_py
+from proto.packed import PackError, join_packed, pack_event, time_us_of
 from proto.portico.v1 import analytics_pb2 as pb
 from proxy.cli_common import CliError
 from telemetry import params
@@ -68,8 +69,9 @@ def parse_step(text: str) -> pb.FunnelStep:
     return step
 
 
-def event_from_json_line(line: str) -> pb.Event:
-    """A `pb.Event` from one JSON line {"id","time","type","attrs"}.
+def wire_event_from_json_line(line: str) -> dict[str, Any]:
+    """The wire map {"type", "attrs", "id", "time_us"} (proto/packed.py) of one JSON line
+    {"id","time","type","attrs"}; the server validates the values themselves.
 
     Raises:
         ValueError: the line is not a JSON object of that shape (message names the field).
@@ -78,19 +80,21 @@ def event_from_json_line(line: str) -> pb.Event:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"not JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise ValueError("expected a JSON object {\"id\", \"time\", \"type\", \"attrs\"}")
-    unknown = set(obj) - {"id", "time", "type", "attrs"}
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; allowed: id, time, type, attrs")
-    ev = pb.Event()
-    if not isinstance(obj.get("type"), str):
+    if not obj.keys() <= _JSON_FIELDS:
+        unknown = sorted(obj.keys() - _JSON_FIELDS)
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}; allowed: id, time, type, attrs")
+    etype = obj.get("type")
+    if type(etype) is not str:
         raise ValueError("type: required, a string like \"user.joined\"")
-    ev.type = obj["type"]
-    if obj.get("id") is not None:
-        if not isinstance(obj["id"], str):
+    out: dict[str, Any] = {"type": etype}
+    eid = obj.get("id")
+    if eid is not None:
+        if type(eid) is not str:
             raise ValueError("id: expected a string")
-        ev.id = obj["id"]
+        if eid:  # "" means "let the server generate one", as in the typed form
+            out["id"] = eid
     t = obj.get("time")
     if t is not None:
         if isinstance(t, bool) or not isinstance(t, (str, int, float)):
@@ -101,12 +105,36 @@ def event_from_json_line(line: str) -> pb.Event:
             except ValueError as e:
                 raise ValueError(f"time: {e}") from None
         else:
-            dt = datetime.fromtimestamp(t, tz=timezone.utc)
-        set_timestamp(ev.time, dt)
-    attrs = obj.get("attrs") or {}
-    if not isinstance(attrs, dict):
+            try:
+                dt = datetime.fromtimestamp(t, tz=timezone.utc)
+            except (OverflowError, OSError, ValueError):
+                raise ValueError(f"time: {t} is not epoch seconds within 1970..9999") from None
+        out["time_us"] = time_us_of(dt)
+    attrs = obj.get("attrs")
+    if attrs:
+        if type(attrs) is not dict:
+            raise ValueError("attrs: expected a JSON object")
+        out["attrs"] = attrs
+    elif attrs is not None and attrs != {}:
         raise ValueError("attrs: expected a JSON object")
-    for k, v in attrs.items():
+    return out
+
+
+_JSON_FIELDS = frozenset(("id", "time", "type", "attrs"))
+
+
+def event_from_json_line(line: str) -> pb.Event:
+    """A typed `pb.Event` from one JSON line {"id","time","type","attrs"} (the typed form of
+    `wire_event_from_json_line`, for programs that build `RecordRequest.events`).
+
+    Raises:
+        ValueError: the line is not a JSON object of that shape (message names the field).
+    """
+    wire = wire_event_from_json_line(line)
+    ev = pb.Event(type=wire["type"], id=wire.get("id", ""))
+    if "time_us" in wire:
+        set_timestamp_us(ev.time, wire["time_us"])
+    for k, v in wire.get("attrs", {}).items():
         try:
             set_value(ev.attrs[k], v)
         except TypeError as e:
@@ -464,14 +492,14 @@ def cmd_events_record(args: argparse.Namespace) -> int:
     accepted = duplicates = 0
     rejected: list[tuple[int, str]] = []
     with _client(args) as client:
-        batch: list[pb.Event] = []
+        batch: list[bytes] = []   # each line packed on its own, so a bad value names its line
         lines: list[int] = []
 
         def send() -> None:
             nonlocal accepted, duplicates
             if not batch:
                 return
-            resp = _api(lambda: client.record(batch))
+            resp = _api(lambda: client.record_packed(join_packed(batch)))
             accepted += resp.accepted
             duplicates += resp.duplicates
             rejected.extend((lines[e.index], e.message) for e in resp.errors)
@@ -482,8 +510,10 @@ def cmd_events_record(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             try:
-                batch.append(event_from_json_line(line))
+                batch.append(pack_event(wire_event_from_json_line(line)))
                 lines.append(lineno)
+            except PackError as e:
+                rejected.append((lineno, e.message))
             except ValueError as e:
                 rejected.append((lineno, str(e)))
             if len(batch) >= args.batch_size:

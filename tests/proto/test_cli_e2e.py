@@ -39,6 +39,19 @@ def test_record_reports_rejected_line_numbers_and_exits_1(tmp_path, server, caps
     assert out[2].startswith("  line 5: type: 'Bad Type' is not an event type")
 
 
+def test_record_rejects_a_line_whose_value_cannot_travel_and_sends_the_rest(tmp_path, server, capsys):
+    good = sample_events(2)
+    path = tmp_path / "events.jsonl"
+    path.write_text(jsonl(good[:1]) + '{"type": "signup", "attrs": {"big": 18446744073709551616}}\n'
+                    + '{"type": "signup", "time": 1e300}\n' + jsonl(good[1:]))
+    assert main(["events", "record", str(path), "--server", server.address, "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert (out["accepted"], out["duplicates"]) == (2, 0)
+    assert [r["line"] for r in out["rejected"]] == [2, 3]
+    assert out["rejected"][0]["message"].startswith("attrs.big: cannot encode int")
+    assert out["rejected"][1]["message"].startswith("time: 1e+300 is not epoch seconds")
+
+
 def test_record_from_stdin_json(server, capsys, monkeypatch):
     import io
 

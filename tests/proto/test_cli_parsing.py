@@ -79,8 +79,21 @@ def test_json_line_to_event():
     assert ev.attrs["supplies"].map_value.fields["Childcare"].int_value == 2
 
 
+def test_json_line_to_wire_event():
+    wire = ca.wire_event_from_json_line('{"id": "e1", "time": "2026-11-01T10:00:00.5Z", "type": "user.joined", '
+                                        '"attrs": {"org": "acme", "needs": ["a"]}}')
+    assert wire == {"type": "user.joined", "id": "e1", "time_us": 1_793_527_200_500_000,
+                    "attrs": {"org": "acme", "needs": ["a"]}}
+    # epoch seconds; an empty id or attrs means "server fills in" as in the typed form
+    assert ca.wire_event_from_json_line('{"type": "x", "time": 1.5, "id": "", "attrs": {}}') == {
+        "type": "x", "time_us": 1_500_000}
+
+
 @pytest.mark.parametrize("line, message", [
     ("{not json", "not JSON"),
+    ('{"type": "x", "time": 1e300}', "time: 1e+300 is not epoch seconds"),
+    ('{"type": "x", "id": 5}', "id: expected a string"),
+    ('{"type": "x", "attrs": "a=b"}', "attrs: expected a JSON object"),
     ("[1]", "expected a JSON object"),
     ('{"time": "2026-11-01T10:00:00Z"}', "type: required"),
     ('{"type": "x", "time": "soon"}', "time: "),

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n proto/portico/v1/analytics.proto\x12\nportico.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x01\n\x05Value\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12+\n\nlist_value\x18\x05 \x01(\x0b\x32\x15.portico.v1.ValueListH\x00\x12)\n\tmap_value\x18\x06 \x01(\x0b\x32\x14.portico.v1.ValueMapH\x00\x42\x06\n\x04kind\".\n\tValueList\x12!\n\x06values\x18\x01 \x03(\x0b\x32\x11.portico.v1.Value\"~\n\x08ValueMap\x12\x30\n\x06\x66ields\x18\x01 \x03(\x0b\x32 .portico.v1.ValueMap.FieldsEntry\x1a@\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.portico.v1.Value:\x02\x38\x01\"\xb9\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x03 \x01(\t\x12+\n\x05\x61ttrs\x18\x04 \x03(\x0b\x32\x1c.portico.v1.Event.AttrsEntry\x1a?\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.portico.v1.Value:\x02\x38\x01\"G\n\tCondition\x12\x0c\n\x04\x61ttr\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12 \n\x05value\x18\x03 \x01(\x0b\x32\x11.portico.v1.Value\";\n\nBoolFilter\x12\n\n\x02op\x18\x01 \x01(\t\x12!\n\x05items\x18\x02 \x03(\x0b\x32\x12.portico.v1.Filter\"t\n\x06\x46ilter\x12\x0e\n\x04\x65xpr\x18\x01 \x01(\tH\x00\x12*\n\tcondition\x18\x02 \x01(\x0b\x32\x15.portico.v1.ConditionH\x00\x12&\n\x04\x62ool\x18\x03 \x01(\x0b\x32\x16.portico.v1.BoolFilterH\x00\x42\x06\n\x04kind\"G\n\x0b\x42oundingBox\x12\r\n\x05south\x18\x01 \x01(\x01\x12\x0c\n\x04west\x18\x02 \x01(\x01\x12\r\n\x05north\x18\x03 \x01(\x01\x12\x0c\n\x04\x65\x61st\x18\x04 \x01(\x01\",\n\x04Near\x12\x0b\n\x03lat\x18\x01 \x01(\x01\x12\x0b\n\x03lon\x18\x02 \x01(\x01\x12\n\n\x02km\x18\x03 \x01(\x01\"^\n\tGeoFilter\x12\'\n\x04\x62\x62ox\x18\x01 \x01(\x0b\x32\x17.portico.v1.BoundingBoxH\x00\x12 \n\x04near\x18\x02 \x01(\x0b\x32\x10.portico.v1.NearH\x00\x42\x06\n\x04\x61rea\"2\n\rRecordRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.portico.v1.Event\"-\n\x0bRecordError\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"_\n\x0eRecordResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\'\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x17.portico.v1.RecordError\"\xd7\x02\n\x0cQueryRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05types\x18\x03 \x03(\t\x12#\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x12.portico.v1.Filter\x12\"\n\x03geo\x18\x05 \x01(\x0b\x32\x15.portico.v1.GeoFilter\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x10\n\x08interval\x18\x07 \x01(\t\x12\n\n\x02tz\x18\x08 \x01(\t\x12\x10\n\x08group_by\x18\t \x03(\t\x12\x15\n\rgeo_precision\x18\n \x01(\x05\x12\r\n\x05order\x18\x0b \x01(\t\x12\x11\n\tpage_size\x18\x0c \x01(\x05\x12\x12\n\npage_token\x18\r \x01(\t\x12\x0e\n\x06preset\x18\x0e \x01(\t\"\xd0\x01\n\x03Row\x12*\n\x06\x62ucket\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04keys\x18\x02 \x03(\x0b\x32\x19.portico.v1.Row.KeysEntry\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x1a>\n\tKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.portico.v1.Value:\x02\x38\x01\x42\x07\n\x05value\"\xb0\x01\n\rQueryResponse\x12\x1d\n\x04rows\x18\x01 \x03(\x0b\x32\x0f.portico.v1.Row\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_rows\x18\x03 \x01(\x03\x12\x10\n\x08interval\x18\x04 \x01(\t\x12\x13\n\x0b\x61pproximate\x18\x05 \x01(\x08\x12\n\n\x02tz\x18\x06 \x01(\t\x12\x10\n\x08group_by\x18\x07 \x03(\t\x12\x0e\n\x06metric\x18\x08 \x01(\t\"\xfa\x01\n\x11ListEventsRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05types\x18\x03 \x03(\t\x12#\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x12.portico.v1.Filter\x12\"\n\x03geo\x18\x05 \x01(\x0b\x32\x15.portico.v1.GeoFilter\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x12\n\ndescending\x18\x08 \x01(\x08\"P\n\x12ListEventsResponse\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.portico.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\nFunnelStep\x12\x0c\n\x04type\x18\x01 \x01(\t\x12#\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x12.portico.v1.Filter\"\xc1\x01\n\rFunnelRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05steps\x18\x03 \x03(\x0b\x32\x16.portico.v1.FunnelStep\x12)\n\x06within\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\n\n\x02\x62y\x18\x05 \x01(\t\"d\n\x10\x46unnelStepResult\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07\x65ntered\x18\x03 \x01(\x03\x12\x11\n\tconverted\x18\x04 \x01(\x03\x12\x10\n\x08\x64rop_off\x18\x05 \x01(\x03\"=\n\x0e\x46unnelResponse\x12+\n\x05steps\x18\x01 \x03(\x0b\x32\x1c.portico.v1.FunnelStepResult\"\xa2\x01\n\rExportRequest\x12)\n\x05query\x18\x01 \x01(\x0b\x32\x18.portico.v1.QueryRequestH\x00\x12/\n\x06\x65vents\x18\x02 \x01(\x0b\x32\x1d.portico.v1.ListEventsRequestH\x00\x12+\n\x06\x66unnel\x18\x03 \x01(\x0b\x32\x19.portico.v1.FunnelRequestH\x00\x42\x08\n\x06source\"=\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x12\n\ntotal_rows\x18\x03 \x01(\x03\"\x0e\n\x0cStatsRequest\"\x88\x01\n\rStatsResponse\x12\x35\n\x06values\x18\x01 \x03(\x0b\x32%.portico.v1.StatsResponse.ValuesEntry\x1a@\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.portico.v1.Value:\x02\x38\x01\x32\x96\x03\n\tAnalytics\x12?\n\x06Record\x12\x19.portico.v1.RecordRequest\x1a\x1a.portico.v1.RecordResponse\x12<\n\x05Query\x12\x18.portico.v1.QueryRequest\x1a\x19.portico.v1.QueryResponse\x12K\n\nListEvents\x12\x1d.portico.v1.ListEventsRequest\x1a\x1e.portico.v1.ListEventsResponse\x12?\n\x06\x46unnel\x12\x19.portico.v1.FunnelRequest\x1a\x1a.portico.v1.FunnelResponse\x12>\n\x06\x45xport\x12\x19.portico.v1.ExportRequest\x1a\x17.portico.v1.ExportChunk0\x01\x12<\n\x05Stats\x12\x18.portico.v1.StatsRequest\x1a\x19.portico.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n proto/portico/v1/analytics.proto\x12\nportico.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x01\n\x05Value\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12+\n\nlist_value\x18\x05 \x01(\x0b\x32\x15.portico.v1.ValueListH\x00\x12)\n\tmap_value\x18\x06 \x01(\x0b\x32\x14.portico.v1.ValueMapH\x00\x42\x06\n\x04kind\".\n\tValueList\x12!\n\x06values\x18\x01 \x03(\x0b\x32\x11.portico.v1.Value\"~\n\x08ValueMap\x12\x30\n\x06\x66ields\x18\x01 \x03(\x0b\x32 .portico.v1.ValueMap.FieldsEntry\x1a@\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.portico.v1.Value:\x02\x38\x01\"\xb9\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x03 \x01(\t\x12+\n\x05\x61ttrs\x18\x04 \x03(\x0b\x32\x1c.portico.v1.Event.AttrsEntry\x1a?\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.portico.v1.Value:\x02\x38\x01\"G\n\tCondition\x12\x0c\n\x04\x61ttr\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12 \n\x05value\x18\x03 \x01(\x0b\x32\x11.portico.v1.Value\";\n\nBoolFilter\x12\n\n\x02op\x18\x01 \x01(\t\x12!\n\x05items\x18\x02 \x03(\x0b\x32\x12.portico.v1.Filter\"t\n\x06\x46ilter\x12\x0e\n\x04\x65xpr\x18\x01 \x01(\tH\x00\x12*\n\tcondition\x18\x02 \x01(\x0b\x32\x15.portico.v1.ConditionH\x00\x12&\n\x04\x62ool\x18\x03 \x01(\x0b\x32\x16.portico.v1.BoolFilterH\x00\x42\x06\n\x04kind\"G\n\x0b\x42oundingBox\x12\r\n\x05south\x18\x01 \x01(\x01\x12\x0c\n\x04west\x18\x02 \x01(\x01\x12\r\n\x05north\x18\x03 \x01(\x01\x12\x0c\n\x04\x65\x61st\x18\x04 \x01(\x01\",\n\x04Near\x12\x0b\n\x03lat\x18\x01 \x01(\x01\x12\x0b\n\x03lon\x18\x02 \x01(\x01\x12\n\n\x02km\x18\x03 \x01(\x01\"^\n\tGeoFilter\x12\'\n\x04\x62\x62ox\x18\x01 \x01(\x0b\x32\x17.portico.v1.BoundingBoxH\x00\x12 \n\x04near\x18\x02 \x01(\x0b\x32\x10.portico.v1.NearH\x00\x42\x06\n\x04\x61rea\"J\n\rRecordRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.portico.v1.Event\x12\x16\n\x0e\x65vents_msgpack\x18\x02 \x01(\x0c\"-\n\x0bRecordError\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"_\n\x0eRecordResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\'\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x17.portico.v1.RecordError\"\xd7\x02\n\x0cQueryRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05types\x18\x03 \x03(\t\x12#\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x12.portico.v1.Filter\x12\"\n\x03geo\x18\x05 \x01(\x0b\x32\x15.portico.v1.GeoFilter\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x10\n\x08interval\x18\x07 \x01(\t\x12\n\n\x02tz\x18\x08 \x01(\t\x12\x10\n\x08group_by\x18\t \x03(\t\x12\x15\n\rgeo_precision\x18\n \x01(\x05\x12\r\n\x05order\x18\x0b \x01(\t\x12\x11\n\tpage_size\x18\x0c \x01(\x05\x12\x12\n\npage_token\x18\r \x01(\t\x12\x0e\n\x06preset\x18\x0e \x01(\t\"\xd0\x01\n\x03Row\x12*\n\x06\x62ucket\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04keys\x18\x02 \x03(\x0b\x32\x19.portico.v1.Row.KeysEntry\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x1a>\n\tKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.portico.v1.Value:\x02\x38\x01\x42\x07\n\x05value\"\xb0\x01\n\rQueryResponse\x12\x1d\n\x04rows\x18\x01 \x03(\x0b\x32\x0f.portico.v1.Row\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_rows\x18\x03 \x01(\x03\x12\x10\n\x08interval\x18\x04 \x01(\t\x12\x13\n\x0b\x61pproximate\x18\x05 \x01(\x08\x12\n\n\x02tz\x18\x06 \x01(\t\x12\x10\n\x08group_by\x18\x07 \x03(\t\x12\x0e\n\x06metric\x18\x08 \x01(\t\"\xfa\x01\n\x11ListEventsRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05types\x18\x03 \x03(\t\x12#\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x12.portico.v1.Filter\x12\"\n\x03geo\x18\x05 \x01(\x0b\x32\x15.portico.v1.GeoFilter\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x12\n\ndescending\x18\x08 \x01(\x08\"P\n\x12ListEventsResponse\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.portico.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\nFunnelStep\x12\x0c\n\x04type\x18\x01 \x01(\t\x12#\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x12.portico.v1.Filter\"\xc1\x01\n\rFunnelRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05steps\x18\x03 \x03(\x0b\x32\x16.portico.v1.FunnelStep\x12)\n\x06within\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\n\n\x02\x62y\x18\x05 \x01(\t\"d\n\x10\x46unnelStepResult\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07\x65ntered\x18\x03 \x01(\x03\x12\x11\n\tconverted\x18\x04 \x01(\x03\x12\x10\n\x08\x64rop_off\x18\x05 \x01(\x03\"=\n\x0e\x46unnelResponse\x12+\n\x05steps\x18\x01 \x03(\x0b\x32\x1c.portico.v1.FunnelStepResult\"\xa2\x01\n\rExportRequest\x12)\n\x05query\x18\x01 \x01(\x0b\x32\x18.portico.v1.QueryRequestH\x00\x12/\n\x06\x65vents\x18\x02 \x01(\x0b\x32\x1d.portico.v1.ListEventsRequestH\x00\x12+\n\x06\x66unnel\x18\x03 \x01(\x0b\x32\x19.portico.v1.FunnelRequestH\x00\x42\x08\n\x06source\"=\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x12\n\ntotal_rows\x18\x03 \x01(\x03\"\x0e\n\x0cStatsRequest\"\x88\x01\n\rStatsResponse\x12\x35\n\x06values\x18\x01 \x03(\x0b\x32%.portico.v1.StatsResponse.ValuesEntry\x1a@\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.portico.v1.Value:\x02\x38\x01\x32\x96\x03\n\tAnalytics\x12?\n\x06Record\x12\x19.portico.v1.RecordRequest\x1a\x1a.portico.v1.RecordResponse\x12<\n\x05Query\x12\x18.portico.v1.QueryRequest\x1a\x19.portico.v1.QueryResponse\x12K\n\nListEvents\x12\x1d.portico.v1.ListEventsRequest\x1a\x1e.portico.v1.ListEventsResponse\x12?\n\x06\x46unnel\x12\x19.portico.v1.FunnelRequest\x1a\x1a.portico.v1.FunnelResponse\x12>\n\x06\x45xport\x12\x19.portico.v1.ExportRequest\x1a\x17.portico.v1.ExportChunk0\x01\x12<\n\x05Stats\x12\x18.portico.v1.StatsRequest\x1a\x19.portico.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -66,41 +66,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GEOFILTER']._serialized_start=1045
   _globals['_GEOFILTER']._serialized_end=1139
   _globals['_RECORDREQUEST']._serialized_start=1141
-  _globals['_RECORDREQUEST']._serialized_end=1191
-  _globals['_RECORDERROR']._serialized_start=1193
-  _globals['_RECORDERROR']._serialized_end=1238
-  _globals['_RECORDRESPONSE']._serialized_start=1240
-  _globals['_RECORDRESPONSE']._serialized_end=1335
-  _globals['_QUERYREQUEST']._serialized_start=1338
-  _globals['_QUERYREQUEST']._serialized_end=1681
-  _globals['_ROW']._serialized_start=1684
-  _globals['_ROW']._serialized_end=1892
-  _globals['_ROW_KEYSENTRY']._serialized_start=1821
-  _globals['_ROW_KEYSENTRY']._serialized_end=1883
-  _globals['_QUERYRESPONSE']._serialized_start=1895
-  _globals['_QUERYRESPONSE']._serialized_end=2071
-  _globals['_LISTEVENTSREQUEST']._serialized_start=2074
-  _globals['_LISTEVENTSREQUEST']._serialized_end=2324
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=2326
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=2406
-  _globals['_FUNNELSTEP']._serialized_start=2408
-  _globals['_FUNNELSTEP']._serialized_end=2471
-  _globals['_FUNNELREQUEST']._serialized_start=2474
-  _globals['_FUNNELREQUEST']._serialized_end=2667
-  _globals['_FUNNELSTEPRESULT']._serialized_start=2669
-  _globals['_FUNNELSTEPRESULT']._serialized_end=2769
-  _globals['_FUNNELRESPONSE']._serialized_start=2771
-  _globals['_FUNNELRESPONSE']._serialized_end=2832
-  _globals['_EXPORTREQUEST']._serialized_start=2835
-  _globals['_EXPORTREQUEST']._serialized_end=2997
-  _globals['_EXPORTCHUNK']._serialized_start=2999
-  _globals['_EXPORTCHUNK']._serialized_end=3060
-  _globals['_STATSREQUEST']._serialized_start=3062
-  _globals['_STATSREQUEST']._serialized_end=3076
-  _globals['_STATSRESPONSE']._serialized_start=3079
-  _globals['_STATSRESPONSE']._serialized_end=3215
-  _globals['_STATSRESPONSE_VALUESENTRY']._serialized_start=3151
-  _globals['_STATSRESPONSE_VALUESENTRY']._serialized_end=3215
-  _globals['_ANALYTICS']._serialized_start=3218
-  _globals['_ANALYTICS']._serialized_end=3624
+  _globals['_RECORDREQUEST']._serialized_end=1215
+  _globals['_RECORDERROR']._serialized_start=1217
+  _globals['_RECORDERROR']._serialized_end=1262
+  _globals['_RECORDRESPONSE']._serialized_start=1264
+  _globals['_RECORDRESPONSE']._serialized_end=1359
+  _globals['_QUERYREQUEST']._serialized_start=1362
+  _globals['_QUERYREQUEST']._serialized_end=1705
+  _globals['_ROW']._serialized_start=1708
+  _globals['_ROW']._serialized_end=1916
+  _globals['_ROW_KEYSENTRY']._serialized_start=1845
+  _globals['_ROW_KEYSENTRY']._serialized_end=1907
+  _globals['_QUERYRESPONSE']._serialized_start=1919
+  _globals['_QUERYRESPONSE']._serialized_end=2095
+  _globals['_LISTEVENTSREQUEST']._serialized_start=2098
+  _globals['_LISTEVENTSREQUEST']._serialized_end=2348
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=2350
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=2430
+  _globals['_FUNNELSTEP']._serialized_start=2432
+  _globals['_FUNNELSTEP']._serialized_end=2495
+  _globals['_FUNNELREQUEST']._serialized_start=2498
+  _globals['_FUNNELREQUEST']._serialized_end=2691
+  _globals['_FUNNELSTEPRESULT']._serialized_start=2693
+  _globals['_FUNNELSTEPRESULT']._serialized_end=2793
+  _globals['_FUNNELRESPONSE']._serialized_start=2795
+  _globals['_FUNNELRESPONSE']._serialized_end=2856
+  _globals['_EXPORTREQUEST']._serialized_start=2859
+  _globals['_EXPORTREQUEST']._serialized_end=3021
+  _globals['_EXPORTCHUNK']._serialized_start=3023
+  _globals['_EXPORTCHUNK']._serialized_end=3084
+  _globals['_STATSREQUEST']._serialized_start=3086
+  _globals['_STATSREQUEST']._serialized_end=3100
+  _globals['_STATSRESPONSE']._serialized_start=3103
+  _globals['_STATSRESPONSE']._serialized_end=3239
+  _globals['_STATSRESPONSE_VALUESENTRY']._serialized_start=3175
+  _globals['_STATSRESPONSE_VALUESENTRY']._serialized_end=3239
+  _globals['_ANALYTICS']._serialized_start=3242
+  _globals['_ANALYTICS']._serialized_end=3648
 # @@protoc_insertion_point(module_scope)

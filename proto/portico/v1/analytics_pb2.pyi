@@ -123,10 +123,12 @@ class GeoFilter(_message.Message):
     def __init__(self, bbox: _Optional[_Union[BoundingBox, _Mapping]] = ..., near: _Optional[_Union[Near, _Mapping]] = ...) -> None: ...
 
 class RecordRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "events_msgpack")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_MSGPACK_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    events_msgpack: bytes
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., events_msgpack: _Optional[bytes] = ...) -> None: ...
 
 class RecordError(_message.Message):
     __slots__ = ("index", "message")

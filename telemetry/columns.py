@@ -93,7 +93,8 @@ def build_segment(events: Sequence[Event], d: Dictionary) -> Segment:
                                [e.attrs for e in events], d)
 
 
-def build_segment_parts(times_l: list[int], types_l: list[str], attrs: list[Any], d: Dictionary) -> Segment:
+def build_segment_parts(times_l: Sequence[int] | np.ndarray, types_l: list[str], attrs: list[Any],
+                        d: Dictionary) -> Segment:
     """build_segment from parallel lists of times, types and attribute maps."""
     n = len(times_l)
     times = np.array(times_l, np.int64)

@@ -10,6 +10,7 @@ point loses nothing: the next run continues from the watermark.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import traceback
@@ -18,16 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import numpy as np
 
 from telemetry import columns, rollups
 from telemetry.dictionary import Dictionary
-from telemetry.events import decode_row_parts
+from telemetry.events import KEY_LEN, decode_row_batch
 from telemetry.partitions import Partition, lmdb_error, parse_name
 
-CHUNK = columns.SEG_ROWS // 2            # events folded per transaction
+CHUNK = columns.SEG_ROWS                 # events folded per transaction (at most)
 IDLE_SLEEP = 0.02                        # seconds between polls when idle
 GATHER = 0.1                             # wait this long for a small backlog to grow
 TAIL_MERGE = columns.SEG_ROWS // 4       # a tail segment smaller than this absorbs the next chunk
+GC_EVERY = 5.0                           # seconds between explicit collections while busy
 DERIVED_MAP = 1 << 36                    # map size of derived files (64 GiB of address space, sparse)
 WM = b"wm"
 TAIL = b"tail"
@@ -52,7 +55,7 @@ def top_seq(part: Partition) -> int:
 
 
 def behind(part: Partition) -> int:
-    """Events committed but not folded yet (exact: counts log entries past the watermark)."""
+    """Events committed but not folded yet (exact: counts row keys in the log past the watermark)."""
     wm = watermark(part)
     if top_seq(part) <= wm:
         return 0
@@ -60,9 +63,57 @@ def behind(part: Partition) -> int:
     with part.events.begin() as txn:
         cur = txn.cursor(part.log)
         if cur.set_range((wm + 1).to_bytes(8, "big")):
-            for _ in cur.iternext(values=False):
-                n += 1
+            for v in cur.iternext(keys=False):
+                n += len(v) // KEY_LEN
     return n
+
+
+class Rows:
+    """A batch of stored rows, decoded column-wise (parallel lists)."""
+
+    __slots__ = ("keys", "times", "types", "attrs")
+
+    def __init__(self, keys: list[bytes], times: np.ndarray, types: list[str], attrs: list[dict[str, Any]]) -> None:
+        self.keys, self.times, self.types, self.attrs = keys, times, types, attrs
+
+
+def decode_rows(items: list[tuple[bytes, bytes]]) -> Rows:
+    """Rows from (key, value) pairs: one msgpack call for the whole batch, times from the keys
+    with numpy, so no Python function runs per row (the follower's hot path)."""
+    keys = [k for k, _ in items]
+    if not keys:
+        return Rows([], np.zeros(0, np.int64), [], [])
+    times = np.frombuffer(b"".join(keys), ">u8")[::2].astype(np.int64)
+    values = decode_row_batch([v for _, v in items])
+    return Rows(keys, times, [v[1] for v in values], [v[2] for v in values])
+
+
+IDX_ITEM = 1 + 8 + KEY_LEN       # tag, value hash, row key
+
+
+def index_items(seg: columns.Segment, keys: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """Sorted key-only index entries tag + hash(value) + row key for users (b"u") and sessions
+    (b"s"), built as one numpy byte matrix and sorted as fixed-width records (memcmp order)."""
+    key_mat = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), KEY_LEN)
+    parts = []
+    for tag, name in ((b"u", "user"), (b"s", "session")):
+        c = seg.cols.get("c:" + name)
+        if c is None:
+            continue
+        rows = np.flatnonzero(c)
+        if not len(rows):
+            continue
+        hashes = rollups.hash_table(seg.dicts.get("c:" + name, [])).astype(">u8")[c[rows]]
+        m = np.empty((len(rows), IDX_ITEM), np.uint8)
+        m[:, 0] = tag[0]
+        m[:, 1:9] = hashes.view(np.uint8).reshape(len(rows), 8)
+        m[:, 9:] = key_mat[rows]
+        parts.append(m)
+    if not parts:
+        return []
+    recs = np.sort(np.ascontiguousarray(np.concatenate(parts)).view(f"V{IDX_ITEM}").ravel())
+    raw = recs.tobytes()
+    return [(raw[i:i + IDX_ITEM], b"") for i in range(0, len(raw), IDX_ITEM)]
 
 
 class Follower:
@@ -98,34 +149,29 @@ class Follower:
         with part.events.begin() as txn:
             cur = txn.cursor(part.log)
             if cur.set_range((wm + 1).to_bytes(8, "big")):
-                for seq_b, key in cur:
-                    keys.append(key)
-                    top = int.from_bytes(seq_b, "big")
+                # each entry: first seq -> the row keys of one commit (whole commits are folded,
+                # so the watermark always ends an entry)
+                for seq_b, packed in cur:
+                    keys.extend([packed[i:i + KEY_LEN] for i in range(0, len(packed), KEY_LEN)])
+                    top = int.from_bytes(seq_b, "big") + len(packed) // KEY_LEN - 1
                     if len(keys) >= limit:
                         break
-            found = dict(txn.cursor(part.rows).getmulti(keys))
-        rows = [(k, decode_row_parts(k, found[k])) for k in keys if k in found]
+            found = txn.cursor(part.rows).getmulti(keys)
         if top == wm:
             return 0
-        self.fold(part, rows, top)
-        return len(rows)
+        if len(found) != len(keys):          # a row the log names is gone (retention): skip it
+            have = dict(found)
+            found = [(k, have[k]) for k in keys if k in have]
+        self.fold(part, decode_rows(found), top)
+        return len(found)
 
-    def fold(self, part: Partition, rows: list[tuple[bytes, tuple[int, str, dict[str, Any]]]], top: int) -> None:
-        """Fold rows (key, (time_us, type, attrs)), committed, in seq order, up to seq `top`."""
+    def fold(self, part: Partition, rows: Rows, top: int) -> None:
+        """Fold decoded rows (keys, times, types, attrs), committed, in seq order, up to seq `top`."""
         d = self.d
-        seg = columns.build_segment_parts([r[0] for _, r in rows], [r[1] for _, r in rows],
-                                          [r[2] for _, r in rows], d) if rows else None
+        keys = rows.keys
+        seg = columns.build_segment_parts(rows.times, rows.types, rows.attrs, d) if keys else None
         deltas = rollups.compute(seg, self.dims, d) if seg is not None else {}
-        idx_items: list[tuple[bytes, bytes]] = []
-        if seg is not None:
-            keys = [k for k, _ in rows]
-            for tag, name in ((b"u", "user"), (b"s", "session")):
-                c = seg.cols.get("c:" + name)
-                if c is not None:
-                    raw = rollups.hash_table(seg.dicts.get("c:" + name, [])).astype(">u8").tobytes()
-                    hb = [raw[j:j + 8] for j in range(0, len(raw), 8)]
-                    idx_items.extend((tag + hb[ci] + keys[i], b"") for i, ci in enumerate(c.tolist()) if ci)
-            idx_items.sort()
+        idx_items = index_items(seg, keys) if seg is not None else []
         d.commit()   # codes before anything that refers to them
         with part.derived.begin(write=True) as txn:
             raw = txn.get(WM, db=part.dinfo)
@@ -201,6 +247,12 @@ def child_main(root: str, dimensions: tuple[str, ...], sync: bool, derived_map: 
         return
     conn.send(("ready", None))
     last_error = ""
+    # Folding allocates hundreds of thousands of short-lived dicts and lists a second and
+    # makes no reference cycles on purpose: the cyclic collector's automatic passes would
+    # double the cost of decoding. Collect explicitly, when idle or every GC_EVERY seconds.
+    gc.disable()
+    last_gc = time.monotonic()
+    folded_since_gc = 0
     while True:
         if conn.poll():
             try:
@@ -226,6 +278,10 @@ def child_main(root: str, dimensions: tuple[str, ...], sync: bool, derived_map: 
                 except OSError:
                     return
             time.sleep(0.5)
+        folded_since_gc += n
+        if folded_since_gc and (n == 0 or time.monotonic() - last_gc > GC_EVERY):
+            gc.collect()
+            last_gc, folded_since_gc = time.monotonic(), 0
         if n == 0:
             time.sleep(IDLE_SLEEP)
         elif n < CHUNK // 4:

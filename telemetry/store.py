@@ -492,9 +492,10 @@ class Store:
                 with part.events.begin(write=True) as txn:
                     ids_cur = txn.cursor(part.ids)
                     idkeys = [e.id.encode() for _, e in items]
-                    uniq = set(idkeys)
-                    found = ids_cur.getmulti(sorted(uniq))
-                    if not found and len(uniq) == len(idkeys):
+                    # ids this process just generated cannot be stored yet: look up the others
+                    stale = [ik for (_, e), ik in zip(items, idkeys) if not e.fresh]
+                    found = ids_cur.getmulti(sorted(set(stale))) if stale else []
+                    if not found and len(set(idkeys)) == len(idkeys):
                         keep = items
                         dups: list[_Pending] = []
                     else:
@@ -519,10 +520,11 @@ class Store:
                         cur.putmulti(rows, append=rows[0][0] > last)
                         idrows = sorted(zip(idkeys, [k for k, _ in new]))
                         ids_cur.putmulti(idrows)
-                        # the follower's feed: seq -> row key, in commit order
+                        # the follower's feed, one entry per commit: first seq -> the row keys
+                        # of seqs first.. in commit order (16 bytes each)
                         first = seq - len(new) + 1
-                        txn.cursor(part.log).putmulti(
-                            [((first + i).to_bytes(8, "big"), k) for i, (k, _) in enumerate(new)], append=True)
+                        txn.put(first.to_bytes(8, "big"), b"".join([k for k, _ in new]), db=part.log,
+                                append=True)
                         txn.put(_SEQ, seq.to_bytes(8, "big"), db=part.info)
             except lmdb.MapFullError as e:
                 self._grow(part, e)
@@ -530,8 +532,9 @@ class Store:
             except lmdb.Error as e:
                 raise lmdb_error(e, part.events_path, part.events, "cannot write events to") from e
             self._seq = seq
-            for p, _ in keep:
+            for p, e in keep:
                 p.accepted += 1
+                e.fresh = False      # committed: a retry of the same Event must be looked up
             for p in dups:
                 p.duplicates += 1
             return new

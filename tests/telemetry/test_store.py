@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from telemetry.errors import StoreClosedError, StoreError, StoreFullError, StoreIOError
-from telemetry.events import make_event
+from telemetry.events import event_from_json, event_to_json, make_event
 from telemetry.query import ListQuery, Query
 from telemetry.store import Store, StoreSettings
 from tests.telemetry.conftest import T0, open_store
@@ -39,6 +39,22 @@ def test_duplicate_ids_are_ignored_and_reported(store):
     store.flush(5)
     assert _count(store) == 52
     assert store.stats().events == 52
+
+
+def test_generated_ids_stay_idempotent_on_retry_and_reimport(store):
+    """Generated ids skip the duplicate lookup on first commit only: retries and re-imports
+    of the same event must still be found."""
+    evs = [make_event("pageview", {"i": i}, time=T0 + timedelta(seconds=i)) for i in range(30)]
+    first = store.submit(evs[:10])
+    again = store.submit(evs[:10])              # a retry racing the first commit
+    assert first.result(10).accepted + again.result(10).accepted == 10
+    r = store.record(evs[5:15] + evs[14:15])    # 5 retried, 5 new, one twice in the batch
+    assert (r.accepted, r.duplicates) == (5, 6)
+    reimported = [event_from_json(event_to_json(e)) for e in evs]   # explicit ids now
+    r = store.record(reimported)
+    assert (r.accepted, r.duplicates) == (15, 15)
+    store.flush(5)
+    assert _count(store) == 30
 
 
 def test_submit_resolves_after_commit_and_many_callers_group_commit(store):

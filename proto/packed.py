@@ -208,6 +208,8 @@ def event_from_packed(item: Any) -> Any:
     etype = item.get("type")
     if etype is None:
         raise EventError("type", "required (e.g. 'pageview')")
+    if type(etype) is not str:
+        raise EventError("type", f"expected a string like 'pageview', got {_kind(etype)}")
     attrs = item.get("attrs")
     if attrs is not None and type(attrs) is not dict:
         raise EventError("attrs", f"expected a map of attribute names to values, got {_kind(attrs)}")
@@ -229,24 +231,25 @@ def events_from_packed(items: Sequence[Any]) -> tuple[list[Any], list[int] | Non
 
     allowed = _ALLOWED
     good: list[Any] = []
+    keep = good.append
     errors: list[tuple[int, str]] = []
     for i, item in enumerate(items):
         try:
-            if (type(item) is dict and item.keys() <= allowed and "type" in item
-                    and type(item.get("attrs", _NO_ATTRS)) is dict and type(item.get("time_us", 0)) is int):
-                good.append(make_event(item["type"], item.get("attrs"), id=item.get("id"),
-                                       time_us=item.get("time_us")))
-            else:
-                good.append(event_from_packed(item))
+            if type(item) is dict and item.keys() <= allowed:
+                attrs = item.get("attrs")
+                if attrs is None or type(attrs) is dict:
+                    try:
+                        keep(make_event(item.get("type"), attrs, id=item.get("id"), time_us=item.get("time_us")))
+                        continue
+                    except (EventError, TypeError):
+                        pass   # the careful path below names the field the way the wire form does
+            keep(event_from_packed(item))
         except (EventError, TypeError, ValueError, OverflowError) as e:
             errors.append((i, str(e)))
     if not errors:
         return good, None, errors
     bad = {i for i, _ in errors}
     return good, [i for i in range(len(items)) if i not in bad], errors
-
-
-_NO_ATTRS: dict[str, Any] = {}
 
 
 def _kind(value: Any) -> str:

@@ -74,12 +74,14 @@ def test_bad_items_are_reported_by_index_and_field_and_the_good_ones_kept(stub, 
         {"attrs": {"org": "acme"}},
         "signup",
         {"type": "signup", "time_us": -5},
+        {"type": ["signup"]},
+        {"type": "signup", "id": 5},
         good[2],
     ]
     resp = client.record_events(batch)
     assert (resp.accepted, resp.duplicates) == (3, 0)
     errors = {e.index: e.message for e in resp.errors}
-    assert sorted(errors) == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+    assert sorted(errors) == [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     assert errors[1].startswith("type: 'Not A Type' is not an event type")
     assert errors[2].startswith("attrs.deep.x: maps hold scalars only")
     assert errors[4].startswith("colour: unknown field") and "type, attrs, id, time_us" in errors[4]
@@ -89,6 +91,8 @@ def test_bad_items_are_reported_by_index_and_field_and_the_good_ones_kept(stub, 
     assert errors[8].startswith("type: required")
     assert errors[9].startswith("event: expected a map") and "a string" in errors[9]
     assert errors[10].startswith("time:") and "-5" in errors[10]
+    assert errors[11] == "type: expected a string like 'pageview', got an array"
+    assert errors[12].startswith("id: 5 is not an id")
     assert {e.id for e in list_all(stub)} == {g["id"] for g in good}
 
 

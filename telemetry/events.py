@@ -392,13 +392,24 @@ _pack_str = msgpack.Packer(use_bin_type=True).pack
 _type_heads: dict[str, bytes] = {}
 
 
-def encode_row(ev: Event) -> bytes:
-    """The stored row value of an event: msgpack [id, type, attrs]."""
-    # The already-packed attrs are reused: no re-encoding in the writer.
-    head = _type_heads.get(ev.type)
-    if head is None:
-        head = _type_heads[ev.type] = _pack_str(ev.type)
-    return b"\x93" + _pack_str(ev.id) + head + ev.packed_attrs  # type: ignore[operator]
+def _str_header(n: int) -> bytes:
+    """msgpack's header of a str of n bytes."""
+    return bytes([0xA0 | n]) if n < 32 else b"\xd9" + bytes([n]) if n < 256 else b"\xda" + n.to_bytes(2, "big")
+
+
+_STR_HEADERS = [_str_header(n) for n in range(MAX_ID_LEN + 1)]
+
+
+def encode_rows(events: list[Event], idkeys: list[bytes]) -> list[bytes]:
+    """Stored row values, msgpack [id, type, attrs], of events whose ids the caller has
+    already encoded (`idkeys`, ASCII): one comprehension concatenating parts packed earlier,
+    so the writer never re-encodes attributes (its hot path)."""
+    heads = _type_heads
+    for t in {e.type for e in events} - heads.keys():
+        heads[t] = _pack_str(t)
+    hdr = _STR_HEADERS
+    return [b"\x93" + hdr[len(ik)] + ik + heads[e.type] + e.packed_attrs  # type: ignore[operator]
+            for e, ik in zip(events, idkeys)]
 
 
 def decode_row(key: bytes, value: bytes) -> Event:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import msgpack
 import pytest
 
 from telemetry.errors import EventError
-from telemetry.events import event_from_json, event_to_json, make_event, new_id
+from telemetry.events import decode_row, encode_rows, event_from_json, event_to_json, make_event, new_id, row_key
 from telemetry.query import ListQuery
 from tests.telemetry.conftest import T0
 
@@ -112,3 +113,12 @@ def test_time_accepts_datetime_epoch_and_text():
     b = make_event("x", time=a.time_us / 1e6)
     c = make_event("x", time="2026-03-01T02:00:00+01:00")
     assert a.time_us == b.time_us == c.time_us
+
+
+@pytest.mark.parametrize("eid", [None, "k", "x" * 31, "y" * 32, "z" * 128])
+def test_encoded_rows_are_the_msgpack_of_id_type_and_attrs(eid):
+    ev = make_event("user.joined", {"org": "acme", "n": 3, "needs": ["Legal Help"], "supplies": {"Childcare": 5}},
+                    id=eid, time_us=1_000_000)
+    (row,) = encode_rows([ev], [ev.id.encode()])
+    assert msgpack.unpackb(row, raw=False) == [ev.id, "user.joined", dict(ev.attrs)]
+    assert decode_row(row_key(ev.time_us, 7), row) == ev

@@ -123,7 +123,7 @@ def _add_scalar_or_mixed(name: str, vals: list[Any], n: int, cols: dict[str, np.
             cols["c:" + name], dicts["c:" + name] = _code_column(vals, n)
         return
     if kinds <= {int, float}:
-        cols["f:" + name] = np.fromiter((np.nan if v is None else v for v in vals), np.float64, n)
+        cols["f:" + name] = np.array(vals, np.float64)    # None -> NaN, in C
         if float not in kinds:
             cols["c:" + name], dicts["c:" + name] = _code_column(vals, n)
         return

@@ -72,11 +72,10 @@ class AnalyticsServicer(pb_grpc.AnalyticsServicer):
         def prepare() -> tuple[Any, list[int] | None, list[tuple[int, str]]]:
             # decoding + validation (make_event) is CPU work: off the loop, which also serves
             # the gateway's traffic; the store call itself only enqueues (never blocks on I/O)
-            with packed.gc_paused():
-                if blob:
-                    good, where, errors = packed.events_from_packed(packed.unpack_events(blob))
-                else:
-                    good, where, errors = convert.events_from_pb(request.events)
+            if blob:
+                good, where, errors = packed.events_from_blob(blob)
+            else:
+                good, where, errors = convert.events_from_pb(request.events)
             return (store.submit(good) if good else None), where, errors
 
         future, where, errors = await self._call(context, prepare)

@@ -3,7 +3,6 @@ and store, plus the packing helpers on their own."""
 
 from __future__ import annotations
 
-import gc
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -171,15 +170,17 @@ def test_wire_event_converts_datetimes_to_microseconds():
     assert packed.wire_event("signup") == {"type": "signup"}
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_gc_paused_restores_the_collector_state(enabled):
-    was = gc.isenabled()
-    try:
-        gc.enable() if enabled else gc.disable()
-        with pytest.raises(RuntimeError):
-            with packed.gc_paused():
-                assert not gc.isenabled()
-                raise RuntimeError("boom")
-        assert gc.isenabled() is enabled
-    finally:
-        gc.enable() if was else gc.disable()
+def test_fast_and_careful_paths_give_the_same_events_and_messages():
+    """A well-shaped blob is decoded by msgspec; a badly shaped one by the careful path.
+    Both must keep the same good events and report the same message for a bad value."""
+    good = wire(sample_events(3))
+    bad_value = {"type": "Not A Type"}
+    fast = packed.events_from_blob(packed.pack_events([good[0], bad_value, good[1], good[2]]))
+    careful = packed.events_from_packed(packed.unpack_events(packed.pack_events([good[0], bad_value, good[1],
+                                                                                 good[2]])))
+    assert fast[0] == careful[0] and len(fast[0]) == 3
+    assert fast[1] == careful[1] == [0, 2, 3]
+    assert fast[2] == careful[2] and fast[2][0][0] == 1
+    # one badly shaped item anywhere: the whole blob takes the careful path, still per index
+    events, where, errors = packed.events_from_blob(packed.pack_events([good[0], {"type": "x", "n": 1}, good[1]]))
+    assert len(events) == 2 and where == [0, 2] and errors[0][0] == 1 and errors[0][1].startswith("n: unknown")

@@ -1,7 +1,7 @@
 """Outbound links: rewrite external `<a href>` in HTML to a signed redirect; record the click.
 
-Hooks: `request` (the redirect endpoint `<prefix>out`, before Endpoints), `response`
-(rewriting, HTML responses of the configured routes only).
+Hooks: `request` (the redirect endpoint `<prefix>out`, before Endpoints). Rewriting is
+`edit_html`, called by addons/htmledit.py for HTML responses of the configured routes.
 Metadata read: LISTENER, ROUTE, ORIGINAL_HOST, CLIENT_IP, REQUEST_ID.
 Written: BLOCKED_BY, VISITOR, SESSION.
 
@@ -9,21 +9,20 @@ A link `https://example.org/x` on page `/about` becomes
 `/_portico/out?u=https%3A%2F%2Fexample.org%2Fx&f=%2Fabout&s=<hmac>`. Following it records
 an `outbound` event (from page, target host and path, visitor) and answers 302 to the
 target. The signature covers target and page: a missing, tampered or foreign signature
-gets 400, so the endpoint is never an open redirect. Compressed bodies (gzip, br,
-deflate, zstd) are decoded and re-encoded by mitmproxy's `get_text`/`set_text`;
-non-HTML, streamed or oversized bodies are left untouched. Rewriting is idempotent (a
+gets 400, so the endpoint is never an open redirect. HtmlEdit undoes and redoes the
+Content-Encoding (gzip, br, deflate, zstd) and leaves non-HTML, streamed or oversized
+bodies untouched; rewriting works on the page's bytes with one compiled regex pass that
+only calls Python code for candidate external links. Rewriting is idempotent (a
 rewritten link points at the gateway itself), so a page rewritten before the cache
 stored it is not rewritten twice.
 """
 
 from __future__ import annotations
 
-import hashlib
 import html
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -31,7 +30,8 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from mitmproxy import http
 
 from addons import metadata
-from addons.pages import error_response, html_text, html_to_edit, reverse_request_target
+from addons.htmledit import HtmlPage
+from addons.pages import error_response, reverse_request_target
 from addons.recorder import Recorder
 from addons.signing import sign, verify
 from addons.visitor import Visitors
@@ -39,9 +39,14 @@ from addons.visitor import Visitors
 log = logging.getLogger("portico.outbound")
 
 PURPOSE = "outbound"
-MAX_REWRITE_BYTES = 4 * 2**20
-_A_TAG = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
-_HREF = re.compile(r"""(\bhref\s*=\s*)("([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.IGNORECASE)
+# One pass over the page for `<a ... href=VALUE` where VALUE could be external: absolute or
+# protocol-relative (`scheme://`, `//`), or starting with an entity (`&#104;ttps://`, decoded
+# before the check). Local links never reach Python code.
+_EXTERNAL_HREF = re.compile(
+    rb"""(<a\b[^>]*?\bhref\s*=\s*)"""
+    rb"""(?:"(\s*(?:[a-z][a-z0-9+.-]*:)?//[^"]*|\s*&[^"]*)"|'(\s*(?:[a-z][a-z0-9+.-]*:)?//[^']*|\s*&[^']*)'"""
+    rb"""|((?:[a-z][a-z0-9+.-]*:)?//[^\s"'=<>`]+|&[^\s"'=<>`]+))""",
+    re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -70,25 +75,40 @@ def is_external(href: str, page_host: str, internal_hosts: Collection[str]) -> b
     return bool(host) and host != page_host and host not in internal_hosts
 
 
+def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, page_host: str, from_path: str,
+                        internal_hosts: Collection[str] = (),
+                        signed: dict[str, bytes] | None = None) -> tuple[bytes, int]:
+    """(page bytes with external `<a href>` pointed at the signed redirect, number rewritten).
+
+    `data` is in `charset`, which must be ASCII-compatible (see addons/htmledit.py): only the
+    href values are decoded. `signed` memoises target -> escaped redirect path for this page.
+    """
+    count = 0
+
+    def attr(m: re.Match[bytes]) -> bytes:
+        nonlocal count
+        raw = m.group(2) if m.group(2) is not None else m.group(3) if m.group(3) is not None else m.group(4)
+        href = html.unescape(raw.decode(charset, "replace")).strip()
+        done = signed.get(href) if signed is not None else None
+        if done is None:
+            if not is_external(href, page_host, internal_hosts):
+                return m.group(0)
+            target = "https:" + href if href.startswith("//") else href
+            done = html.escape(redirect_path(secret, prefix, target, from_path), quote=True).encode("ascii")
+            if signed is not None:
+                signed[href] = done
+        count += 1
+        return m.group(1) + b'"' + done + b'"'
+
+    return _EXTERNAL_HREF.sub(attr, data), count
+
+
 def rewrite_links(text: str, secret: bytes, prefix: str, page_host: str, from_path: str,
                   internal_hosts: Collection[str] = ()) -> tuple[str, int]:
     """(HTML with external `<a href>` pointed at the signed redirect, number rewritten)."""
-    count = 0
-
-    def tag(m: re.Match[str]) -> str:
-        def attr(h: re.Match[str]) -> str:
-            nonlocal count
-            raw = h.group(3) if h.group(3) is not None else h.group(4) if h.group(4) is not None else h.group(5)
-            href = html.unescape(raw).strip()
-            if not is_external(href, page_host, internal_hosts):
-                return h.group(0)
-            if href.startswith("//"):
-                href = "https:" + href
-            count += 1
-            return f'{h.group(1)}"{html.escape(redirect_path(secret, prefix, href, from_path), quote=True)}"'
-        return _HREF.sub(attr, m.group(0), count=1)
-
-    return _A_TAG.sub(tag, text), count
+    out, count = rewrite_links_bytes(text.encode("utf-8", "surrogatepass"), "utf-8", secret, prefix, page_host,
+                                     from_path, internal_hosts)
+    return out.decode("utf-8", "surrogatepass"), count
 
 
 def check_redirect(secret: bytes, query: str) -> tuple[str, str] | str:
@@ -105,31 +125,23 @@ def check_redirect(secret: bytes, query: str) -> tuple[str, str] | str:
 
 
 class Outbound:
-    """Signs external links in HTML and serves the redirect that records them."""
-
-    CACHE_SIZE = 256
+    """Signs external links in HTML (an editor for addons/htmledit.py) and serves the redirect."""
 
     def __init__(self, settings: OutboundSettings, recorder: Recorder, visitors: Visitors) -> None:
         self.settings = settings
+        self.routes = settings.routes
         self.recorder = recorder
         self.visitors = visitors
         self.endpoint = settings.reserved_prefix + "out"
-        # The same page is served again and again: remember its rewritten form (keyed by a
-        # digest of the body, the host and the page path), so the regex and HMACs run once.
-        self._rewritten: OrderedDict[tuple[bytes, str, str], str | None] = OrderedDict()
 
-    def rewrite(self, text: str, page_host: str, from_path: str) -> str | None:
-        """The rewritten page, or None when it has no external link (memoised)."""
-        key = (hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest(), page_host, from_path)
-        if key in self._rewritten:
-            self._rewritten.move_to_end(key)
-            return self._rewritten[key]
+    def edit_html(self, page: HtmlPage) -> bytes | None:
+        """The page with its external links signed, or None when it has none."""
+        if not self.settings.rewrite:
+            return None
         s = self.settings
-        new, count = rewrite_links(text, s.secret, s.reserved_prefix, page_host, from_path, s.internal_hosts)
-        self._rewritten[key] = new if count else None
-        if len(self._rewritten) > self.CACHE_SIZE:
-            self._rewritten.popitem(last=False)
-        return self._rewritten[key]
+        new, count = rewrite_links_bytes(page.body, page.charset, s.secret, s.reserved_prefix, page.host,
+                                         page.path, s.internal_hosts, {})
+        return new if count else None
 
     def request(self, flow: http.HTTPFlow) -> None:
         target = reverse_request_target(flow)
@@ -159,18 +171,3 @@ class Outbound:
         flow.response = http.Response.make(302, b"", {
             "Location": target, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer-when-downgrade",
             "X-Request-Id": request_id or ""})
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        resp = html_to_edit(flow, self.settings.routes, MAX_REWRITE_BYTES) if self.settings.rewrite else None
-        if resp is None:
-            return
-        text = html_text(resp)
-        if text is None:
-            log.info("request %s: HTML not rewritten: cannot decode %s body",
-                     flow.metadata.get(metadata.REQUEST_ID), resp.headers.get("content-encoding", "identity"))
-            return
-        page_host = flow.metadata.get(metadata.ORIGINAL_HOST, "")
-        from_path = (flow.metadata.get(metadata.ORIGINAL_PATH) or flow.request.path).split("?", 1)[0]
-        new = self.rewrite(text, page_host, from_path)
-        if new is not None:
-            resp.set_text(new)

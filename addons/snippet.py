@@ -1,8 +1,9 @@
 """The client snippet: injected into HTML, served as JS, and its beacon endpoint.
 
-Hooks: `request` (`<prefix>t.js` and the beacon `<prefix>b`, before Endpoints; async:
-the beacon answers 202 only once its events are committed), `response` (injection into
-HTML of the configured routes).
+Hooks: `request` (`<prefix>t.js` and the beacon `<prefix>b`, before Endpoints; the beacon
+answers 202 only once its events are committed, through a coroutine returned for that
+path only). Injection is `edit_html`, called by addons/htmledit.py for HTML responses of
+the configured routes: a bytes search and splice, no decoding of the page.
 Metadata read: LISTENER, ROUTE, BLOCKED_BY, ORIGINAL_HOST, CLIENT_IP, REQUEST_ID.
 Written: BLOCKED_BY, VISITOR, SESSION.
 
@@ -33,7 +34,9 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,7 +45,8 @@ from mitmproxy import http
 
 from addons import metadata
 from addons.attribution import Attribution, Goal, from_cookie_header, goals_for_event
-from addons.pages import html_text, html_to_edit, reverse_request_target
+from addons.htmledit import HtmlPage
+from addons.pages import reverse_request_target
 from addons.privacy import clean_path
 from addons.recorder import Recorder
 from addons.referrers import classify
@@ -55,9 +59,9 @@ SCRIPT = (Path(__file__).parent / "static" / "portico.js").read_bytes()
 BEACON_TYPES = ("pageview", "click", "outbound", "engagement", "custom")
 _NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _PROP_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_HEAD_END_S = re.compile(r"</head\s*>", re.IGNORECASE)
-_BODY_END_S = re.compile(r"</body\s*>", re.IGNORECASE)
-MAX_INJECT_BYTES = 4 * 2**20
+_HEAD_END = re.compile(rb"</head\s*>", re.IGNORECASE)
+_BODY_END = re.compile(rb"</body\s*>", re.IGNORECASE)
+_INJECTED = re.compile(rb"data-portico[\s>]")
 
 
 @dataclass(frozen=True)
@@ -173,14 +177,30 @@ def script_tag(settings: SnippetSettings, plan: CspPlan) -> str:
     return f'<script src="{html.escape(p + "t.js")}"{attrs}{nonce} defer></script>'
 
 
+def inject_bytes(data: bytes, tag: bytes) -> bytes | None:
+    """The page with `tag` before </head> (else </body>); None when there is neither or it is
+    there already. `data` is in an ASCII-compatible charset (see addons/htmledit.py)."""
+    if _INJECTED.search(data):
+        return None
+    at = data.find(b"</head>")  # the common spelling first: a find is ~10x cheaper than the regex
+    if at < 0:
+        m = _HEAD_END.search(data) or _BODY_END.search(data)
+        if m is None:
+            return None
+        at = m.start()
+    return data[:at] + tag + data[at:]
+
+
 def inject(text: str, tag: str) -> str | None:
-    """The page with `tag` before </head> (else </body>); None when there is neither or it is there."""
-    if "data-portico " in text or "data-portico>" in text:
-        return None
-    m = _HEAD_END_S.search(text) or _BODY_END_S.search(text)
-    if m is None:
-        return None
-    return text[: m.start()] + tag + text[m.start():]
+    """`inject_bytes` for text (tests, tools)."""
+    out = inject_bytes(text.encode("utf-8", "surrogatepass"), tag.encode("utf-8"))
+    return None if out is None else out.decode("utf-8", "surrogatepass")
+
+
+@lru_cache(maxsize=64)
+def plan_for_csp_cached(values: tuple[str, ...]) -> CspPlan:
+    """`plan_for_csp`, memoised: a site sends the same few policies again and again."""
+    return plan_for_csp(list(values))
 
 
 # --- beacon validation ---------------------------------------------------------------------
@@ -291,13 +311,17 @@ class Snippet:
         self.beacon_path = settings.reserved_prefix + "b"
         self.limiter = RateLimiter(settings.rate_per_minute)
         self.script_hash = base64.b64encode(hashlib.sha256(SCRIPT).digest()).decode()
+        self.routes = settings.routes
+        self._plain_tag = script_tag(settings, CspPlan("plain")).encode("utf-8")
 
     # --- endpoints -------------------------------------------------------------------------
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Serve the script; for the beacon return a coroutine (mitmproxy awaits it), so the
+        other requests don't pay for a coroutine on every hook call."""
         target = reverse_request_target(flow)
         if target is None:
-            return
+            return None
         path = target[0]
         if path == self.script_path:
             flow.metadata[metadata.BLOCKED_BY] = "snippet:script"
@@ -306,7 +330,11 @@ class Snippet:
                 "X-Content-Type-Options": "nosniff"})
         elif path == self.beacon_path:
             flow.metadata[metadata.BLOCKED_BY] = "snippet:beacon"
-            flow.response = await self.beacon(flow)
+            return self._answer_beacon(flow)
+        return None
+
+    async def _answer_beacon(self, flow: http.HTTPFlow) -> None:
+        flow.response = await self.beacon(flow)
 
     async def beacon(self, flow: http.HTTPFlow) -> http.Response:
         """Validate, rate-limit and durably record one beacon; the response to send."""
@@ -405,29 +433,18 @@ class Snippet:
 
     # --- injection -------------------------------------------------------------------------
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def edit_html(self, page: HtmlPage) -> bytes | None:
+        """The page with the snippet tag (an editor for addons/htmledit.py), or None."""
         s = self.settings
-        if not s.inject or flow.request.method != "GET":
-            return
-        resp = html_to_edit(flow, s.routes, MAX_INJECT_BYTES)
-        if resp is None:
-            return
-        rid = flow.metadata.get(metadata.REQUEST_ID)
-        csp_values = resp.headers.get_all("content-security-policy")
-        plan = plan_for_csp(csp_values)
+        if not s.inject or page.method != "GET":
+            return None
+        plan = plan_for_csp_cached(tuple(page.csp))
         if plan.mode == "skip":
-            log.info("request %s: snippet not injected into %s: %s", rid, flow.request.path.split("?", 1)[0],
-                     plan.reason)
-            return
-        text = html_text(resp)
-        if text is None:
-            log.info("request %s: snippet not injected: cannot decode the %s body", rid,
-                     resp.headers.get("content-encoding", "identity"))
-            return
-        new = inject(text, script_tag(s, plan))
-        if new is None:
-            return
-        resp.set_text(new)
-        if plan.mode == "hash":
-            resp.headers.set_all("content-security-policy",
-                                 [add_hash_to_csp(v, self.script_hash) for v in csp_values])
+            log.info("request %s: snippet not injected into %s: %s", page.request_id, page.path, plan.reason)
+            return None
+        tag = self._plain_tag if plan.mode == "plain" else script_tag(s, plan).encode("utf-8")
+        new = inject_bytes(page.body, tag)
+        if new is not None and plan.mode == "hash":
+            page.csp = [add_hash_to_csp(v, self.script_hash) for v in page.csp]
+            page.csp_changed = True
+        return new

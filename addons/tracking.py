@@ -9,7 +9,10 @@ Written: VISITOR, SESSION, REQUEST_RECORDED.
 Privacy by default: the client address is kept only as its network (/24, /48), the
 referrer without its query, the path without query parameters except allow-listed ones,
 users optionally as keyed pseudonyms. Events go to the store through `Recorder.submit`
-(non-blocking); a store failure never breaks a request.
+(non-blocking; proxy/tracking_setup.py gives it a `BatchRecorder`, so events reach the
+store in batches); a store failure never breaks a request. The hot path reads the request
+headers in one pass and memoises what repeats (path cleaning, referrer classes,
+User-Agent parsing, content kinds).
 
 Bot flags: a known crawler/headless/library User-Agent, or "HTML served but nothing
 followed": the HTML request events of a visitor who has not yet fetched anything but HTML
@@ -26,15 +29,17 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from mitmproxy import http
 
 from addons import metadata
 from addons.attribution import Attribution, Goal, from_cookie_header, goals_for_path
+from addons.headerscan import names, scan_headers
 from addons.privacy import clean_path, truncate_address
 from addons.recorder import Recorder
-from addons.referrers import classify
+from addons.referrers import Referrer, classify
 from addons.signing import pseudonym
 from addons.useragent import parse_user_agent
 from addons.visitor import Session, Visitors
@@ -61,6 +66,7 @@ class TrackingSettings:
     sweep_interval: float = 1.0
 
 
+@lru_cache(maxsize=256)
 def content_kind(content_type: str) -> str:
     """A short name for the response's media type: html, json, css, js, image, font, other."""
     ct = content_type.split(";", 1)[0].strip().lower()
@@ -75,6 +81,24 @@ def content_kind(content_type: str) -> str:
     if ct.startswith(("image/", "font/", "audio/", "video/")):
         return ct.split("/", 1)[0]
     return "other" if ct else ""
+
+
+_REQUEST_HEADERS = names("user-agent", "referer", "cookie")
+_RESPONSE_HEADERS = names("content-type")
+
+
+@lru_cache(maxsize=4096)
+def _clean_path(path: str, allowlist: frozenset[str]) -> tuple[str, dict[str, str]]:
+    """`clean_path`, memoised (callers only read the returned dict): pages are requested again and again."""
+    return clean_path(path, allowlist)
+
+
+@lru_cache(maxsize=4096)
+def _classify(referer: str, medium: str | None, source: str | None, ref: str | None, site: str,
+              internal_hosts: tuple[str, ...]) -> Referrer:
+    """`classify` memoised on exactly the inputs it reads."""
+    params = {k: v for k, v in (("utm_medium", medium), ("utm_source", source), ("ref", ref)) if v is not None}
+    return classify(referer, params, site, internal_hosts)
 
 
 @dataclass
@@ -107,6 +131,9 @@ class Tracking:
             self._task.cancel()
             self._task = None
         self.flush_pending(force=True)
+        flush = getattr(self.recorder, "flush", None)  # a BatchRecorder: hand over the last batch
+        if flush is not None:
+            flush()
 
     async def _sweeper(self) -> None:
         while True:
@@ -144,12 +171,13 @@ class Tracking:
     def _record_flow(self, flow: http.HTTPFlow) -> None:
         s = self.settings
         req, resp, md = flow.request, flow.response, flow.metadata
-        ua_text = req.headers.get("user-agent", "")
+        headers = scan_headers(req.headers, _REQUEST_HEADERS)
+        ua_text = headers.get(b"user-agent", "")
         ua = parse_user_agent(ua_text)
         client_ip = md.get(metadata.CLIENT_IP) or (flow.client_conn.peername[0] if flow.client_conn.peername else "")
         site = md.get(metadata.ORIGINAL_HOST) or req.pretty_host
         original_path = md.get(metadata.ORIGINAL_PATH) or req.path
-        path, params = clean_path(original_path, s.query_allowlist)
+        path, params = _clean_path(original_path, s.query_allowlist)
         path_only = path.split("?", 1)[0]
         own_endpoint = (path_only + "/").startswith(s.reserved_prefix)
 
@@ -161,20 +189,25 @@ class Tracking:
             visitor, session, new_session, state = visit.visitor, visit.session, visit.new_session, visit.state
             md[metadata.VISITOR], md[metadata.SESSION] = visitor, session
 
-        status = resp.status_code if resp is not None else 502
-        kind = content_kind(resp.headers.get("content-type", "")) if resp is not None else ""
+        if resp is not None:
+            status = resp.status_code
+            ctype = scan_headers(resp.headers, _RESPONSE_HEADERS).get(b"content-type", "")
+            kind = content_kind(ctype)
+            resp_bytes = len(resp.raw_content or b"")
+        else:
+            status, kind, resp_bytes = 502, "", 0
         now = time.time()
         started = req.timestamp_start or now
         end = (resp.timestamp_end if resp is not None and resp.timestamp_end else None) or now
         upstream_ms = 0.0
+        cache_status = md.get(metadata.CACHE_STATUS)
         if resp is not None and not md.get(metadata.BLOCKED_BY) and resp.timestamp_start and req.timestamp_end \
-                and md.get(metadata.CACHE_STATUS) not in ("hit", "stale"):
+                and cache_status not in ("hit", "stale"):
             upstream_ms = max(0.0, (resp.timestamp_start - req.timestamp_end) * 1000)
 
         attrs: dict[str, Any] = {
             "method": req.method, "scheme": req.scheme, "host": site, "path": path[:1024],
-            "status": status, "req_bytes": len(req.raw_content or b""),
-            "resp_bytes": len(resp.raw_content or b"") if resp is not None else 0,
+            "status": status, "req_bytes": len(req.raw_content or b""), "resp_bytes": resp_bytes,
             "duration_ms": round(max(0.0, end - started) * 1000, 2), "upstream_ms": round(upstream_ms, 2),
             "listener": md.get(metadata.LISTENER, "reverse"),
             "browser": ua.browser, "browser_version": ua.version, "os": ua.os, "device": ua.device,
@@ -182,10 +215,13 @@ class Tracking:
         }
         if kind:
             attrs["content"] = kind
-        for key, attr in ((metadata.ROUTE, "route"), (metadata.CACHE_STATUS, "cache"),
-                          (metadata.BLOCKED_BY, "blocked_by")):
-            if md.get(key):
-                attrs[attr] = md[key]
+        route, blocked_by = md.get(metadata.ROUTE), md.get(metadata.BLOCKED_BY)
+        if route:
+            attrs["route"] = route
+        if cache_status:
+            attrs["cache"] = cache_status
+        if blocked_by:
+            attrs["blocked_by"] = blocked_by
         if flow.error is not None:
             attrs["error"] = str(flow.error.msg)[:200]
         if md.get(metadata.USER):
@@ -199,16 +235,18 @@ class Tracking:
             attrs["net"] = net
         if self.geoip is not None and net:
             attrs.update(self.geoip(net.split("/", 1)[0]))  # looked up by network: no raw address kept
-        ref = classify(req.headers.get("referer", ""), params, site, s.internal_hosts)
+        ref = _classify(headers.get(b"referer", ""), params.get("utm_medium"), params.get("utm_source"),
+                        params.get("ref"), site, s.internal_hosts)
         attrs["ref_class"] = ref.source_class
         if ref.host:
             attrs["ref_host"] = ref.host
         if ref.path:
             attrs["ref_path"] = ref.path
-        for name in UTM_PARAMS:
-            if params.get(name):
-                attrs[name] = params[name][:200]
-        attribution = self._attribution(req, state)
+        if params:
+            for name in UTM_PARAMS:
+                if params.get(name):
+                    attrs[name] = params[name][:200]
+        attribution = self._attribution(headers.get(b"cookie", ""), state)
         if attribution is not None:
             attrs["campaign"], attrs["campaign_first"] = attribution.last, attribution.first
 
@@ -252,9 +290,8 @@ class Tracking:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _attribution(self, req: http.Request, state: Session | None) -> Attribution | None:
-        found = from_cookie_header(self.settings.secret, req.headers.get("cookie", ""),
-                                   self.settings.attribution_window)
+    def _attribution(self, cookie: str, state: Session | None) -> Attribution | None:
+        found = from_cookie_header(self.settings.secret, cookie, self.settings.attribution_window) if cookie else None
         if found is None and state is not None and state.campaign_last:
             found = Attribution(state.campaign_first or state.campaign_last, state.campaign_last, 0)
         return found

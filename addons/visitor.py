@@ -18,7 +18,6 @@ request of the same person carry the same visitor and session ids.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import re
@@ -48,14 +47,19 @@ class Salts:
         self._today = b""
         self._yesterday: bytes | None = None
         self._lock = threading.Lock()
+        self._day_span = (0.0, 0.0)  # [start, end) of self._day in epoch seconds
 
     def current(self) -> tuple[bytes, bytes | None]:
         """(today's salt, yesterday's salt or None); rotates when the UTC day changes."""
-        day = utc_day(self.clock())
-        if day != self._day:
+        now = self.clock()
+        start, end = self._day_span
+        if not start <= now < end:  # formatting the day costs more than the HMAC: only at midnight
+            day = utc_day(now)
             with self._lock:
                 if day != self._day:
                     self._rotate(day)
+                first = now - now % 86400
+                self._day_span = (first, first + 86400)
         return self._today, self._yesterday
 
     def _rotate(self, day: str) -> None:
@@ -93,7 +97,8 @@ class Salts:
 
 
 def visitor_hash(salt: bytes, site: str, address: str, user_agent: str) -> str:
-    return hmac.new(salt, f"{site}|{address}|{user_agent}".encode(), hashlib.sha256).hexdigest()[:16]
+    # hmac.digest: the one-shot C implementation, a third of hmac.new(...).hexdigest()'s cost
+    return hmac.digest(salt, f"{site}|{address}|{user_agent}".encode("utf-8", "surrogatepass"), "sha256")[:8].hex()
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Build the tracking addons from the `tracking:` section (called by proxy/pipeline.py).
 
 `tracking_addons(config, store)` returns two lists: the endpoint addons (outreach pixel and
-click, outbound redirect, snippet JS and beacon), which go *before* Endpoints so they can
-answer under the reserved prefix, and the recording addons (tracking, access log), which
-go *last* so they see every flow however it ended. The addons share one `Visitors`
+click, outbound redirect, snippet JS and beacon, and the HTML editor), which go *before*
+Endpoints so they can answer under the reserved prefix, and the recording addons
+(tracking, access log), which go *last* so they see every flow however it ended. Each list
+is one `Bundle` (addons/bundle.py): one entry in mitmproxy's chain instead of one per addon. The addons share one `Visitors`
 (salts + sessions) and one `Recorder` (the store), built here.
 
 Files under `telemetry.path`: `tracking.secret` (HMAC key for signed URLs and pseudonyms,
@@ -22,11 +23,13 @@ from typing import Any
 
 from addons.accesslog import AccessLog, AccessLogSettings
 from addons.attribution import Goal
+from addons.bundle import Bundle
 from addons.geoip import GeoIP, GeoIPError
+from addons.htmledit import HtmlEdit
 from addons.outbound import Outbound, OutboundSettings
 from addons.outreach import Outreach, OutreachSettings
 from addons.outreachlinks import make_tracked_urls
-from addons.recorder import Recorder
+from addons.eventbatch import BatchRecorder
 from addons.signing import SecretError, load_or_create_secret
 from addons.snippet import Snippet, SnippetSettings
 from addons.tracking import Tracking, TrackingSettings
@@ -94,25 +97,31 @@ def tracking_addons(config: PorticoConfig, store: Any) -> tuple[list[Any], list[
     secret = load_secret(config)
     assert secret is not None
     prefix = config.reserved_prefix
-    recorder = Recorder(store)
+    recorder = BatchRecorder(store)
     visitors = Visitors(Salts(Path(config.telemetry.path) / "salts"),
                         session_timeout=t.session_timeout.total_seconds())
     goals = tuple(Goal(g.name, g.event, g.path) for g in t.goals)
     routes = frozenset(t.html_routes)
     window = t.attribution_window.total_seconds()
-    early.append(Outreach(OutreachSettings(
+    outreach = Outreach(OutreachSettings(
         secret=secret, reserved_prefix=prefix, recipients=t.recipients, attribution_window=window,
         machine_window=t.machine_window.total_seconds(), secure_cookie=t.secure_cookie,
-        ipv4_prefix=t.ipv4_prefix, ipv6_prefix=t.ipv6_prefix), recorder, visitors))
-    early.append(Outbound(OutboundSettings(
+        ipv4_prefix=t.ipv4_prefix, ipv6_prefix=t.ipv6_prefix), recorder, visitors)
+    outbound = Outbound(OutboundSettings(
         secret=secret, reserved_prefix=prefix, routes=routes, internal_hosts=frozenset(t.internal_hosts),
-        rewrite=t.rewrite_outbound), recorder, visitors))
-    early.append(Snippet(SnippetSettings(
+        rewrite=t.rewrite_outbound), recorder, visitors)
+    snippet = Snippet(SnippetSettings(
         secret=secret, reserved_prefix=prefix, routes=routes, inject=t.inject_snippet and store is not None,
         click_selectors=t.click_selectors, respect_dnt=t.respect_dnt, respect_gpc=t.respect_gpc,
         max_bytes=t.beacon.max_bytes, max_events=t.beacon.max_events, rate_per_minute=t.beacon.rate_per_minute,
         query_allowlist=frozenset(t.query_allowlist), internal_hosts=t.internal_hosts, goals=goals,
-        attribution_window=window), recorder, visitors))
+        attribution_window=window), recorder, visitors)
+    editors = ([outbound] if t.rewrite_outbound else []) + ([snippet] if snippet.settings.inject else [])
+    # one decode/encode of each HTML page for both editors; one chain entry for all of them
+    # (mitmproxy costs ~12 us per entry per request); Outreach stays visible by name (the
+    # gRPC outreach service looks for it)
+    early.append(Bundle("tracking-endpoints", [outbound, snippet, *([HtmlEdit(editors)] if editors else [])],
+                        visible=[outreach]))
     if store is not None:
         geoip = None
         if t.geoip_db is not None:
@@ -126,4 +135,6 @@ def tracking_addons(config: PorticoConfig, store: Any) -> tuple[list[Any], list[
             internal_hosts=t.internal_hosts, goals=goals, attribution_window=window,
             count_bots_as_visitors=t.count_bots_as_visitors,
             bot_follow_timeout=t.bot_follow_timeout.total_seconds()), recorder, visitors, geoip))
+    if len(late) > 1:
+        late = [Bundle("tracking-recorders", late)]
     return early, late

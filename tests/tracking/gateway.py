@@ -6,6 +6,7 @@ import gzip
 import json
 import time
 from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
 from typing import Any
 
 import brotli
@@ -62,17 +63,20 @@ tracking:
 """
 
 
-def events(store: Any, *types: str, wait_for: int = 0, timeout: float = 10.0) -> list[Any]:
-    """Events of `types` in the store (waits until at least `wait_for` are there)."""
+def events(store: Any, *types: str, wait_for: int = 0, timeout: float = 10.0,
+           where: Callable[[Any], bool] | None = None) -> list[Any]:
+    """Events of `types` in the store (matching `where`); waits until at least `wait_for` are
+    there (the gateway hands events to the store in batches, a few milliseconds late)."""
     deadline = time.monotonic() + timeout
     while True:
         store.flush(timeout=5)
         now = datetime.now(timezone.utc)
         page = store.list_events(ListQuery(start=now - timedelta(hours=1), end=now + timedelta(hours=1),
                                            types=tuple(types), limit=1000))
-        if len(page.events) >= wait_for or time.monotonic() > deadline:
-            return page.events
-        time.sleep(0.1)
+        found = [e for e in page.events if where is None or where(e)]
+        if len(found) >= wait_for or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def store_implemented() -> bool:

@@ -1,0 +1,30 @@
+"""Read several headers of a mitmproxy message in one pass.
+
+Not an addon: a helper for the tracking addons, which run on every response.
+
+Why: `Headers.get(name)` goes through `Mapping.get` -> `__getitem__` -> `get_all`, which
+lower-cases and compares every field for every lookup (~2-4 us each in py-spy). The
+tracking hooks need five to eight headers per flow; one loop over the raw fields costs
+about as much as one `get`. Values are decoded as mitmproxy decodes them (UTF-8 with
+surrogateescape) and repeated fields are folded with ", " as `Headers.get` folds them.
+"""
+
+from __future__ import annotations
+
+from mitmproxy.http import Headers
+
+
+def scan_headers(headers: Headers, wanted: frozenset[bytes]) -> dict[bytes, str]:
+    """{lower-case name: value} of the `wanted` (lower-case bytes) headers present."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers.fields:
+        key = name.lower()
+        if key in wanted:
+            prev = found.get(key)
+            found[key] = value if prev is None else prev + b", " + value
+    return {k: v.decode("utf-8", "surrogateescape") for k, v in found.items()}
+
+
+def names(*header_names: str) -> frozenset[bytes]:
+    """The `wanted` set for `scan_headers` (lower-cased, as bytes)."""
+    return frozenset(n.lower().encode() for n in header_names)

@@ -1,0 +1,199 @@
+"""Edit HTML pages once for several editors (outbound link rewriting, snippet injection).
+
+Hook: `response`. Metadata read: LISTENER, BLOCKED_BY, ROUTE, ORIGINAL_HOST, ORIGINAL_PATH,
+REQUEST_ID. Written: nothing.
+
+Editors (`Outbound`, `Snippet`) implement `edit_html(page) -> bytes | None` on the page's
+*bytes*; this addon does what they share, once per response:
+- the cheap checks first (reverse listener, not answered by Portico, status 200, a route
+  the editor is configured for, `text/html`, not streamed, at most `max_bytes` as sent),
+  with one pass over the response headers;
+- undoing the Content-Encoding (gzip, br, deflate, zstd) once and redoing it once, however
+  many editors changed the page; an encoding it can't undo leaves the page unchanged
+  (one log line);
+- no text decoding when the charset is ASCII-compatible (UTF-8, Latin-1, Windows-125x,
+  Shift_JIS... everything editors insert or look for is ASCII, and in those charsets an
+  ASCII byte is always that character): editors search and splice bytes. Pages in UTF-16,
+  UTF-32, UTF-7, ISO-2022 or EBCDIC are transcoded to UTF-8 for the editors and back;
+- a memo of finished results keyed by a digest of the body as sent plus everything the
+  editors read (host, path, method, Content-Type, Content-Encoding, CSP): a page served
+  again (the common case) costs one blake2b and a dict lookup instead of a decompress,
+  the edits and a recompress. Editors must therefore be pure functions of those inputs.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Protocol
+
+from mitmproxy import http
+from mitmproxy.net import encoding
+from mitmproxy.net.http.headers import infer_content_encoding, parse_content_type
+
+from addons import metadata
+
+log = logging.getLogger("portico.htmledit")
+
+MAX_EDIT_BYTES = 4 * 2**20
+MEMO_ENTRIES = 128
+MEMO_MAX_BODY = 128 * 1024  # larger pages are edited every time rather than held in memory
+_KNOWN_ENCODINGS = frozenset({"", "identity", "gzip", "br", "deflate", "zstd"})
+_WANTED = frozenset({b"content-type", b"content-encoding", b"content-security-policy", b"transfer-encoding"})
+_PROBE = "<a href='https://x.example/'>\"=`</head></body>"
+
+
+@dataclass(slots=True)
+class HtmlPage:
+    """What an editor sees: the decoded body (bytes in an ASCII-compatible charset) and context."""
+
+    body: bytes
+    charset: str
+    host: str           # the host the client asked for
+    path: str           # the page path without query
+    method: str
+    request_id: str
+    csp: list[str] = field(default_factory=list)  # Content-Security-Policy values; editors may replace them
+    csp_changed: bool = False
+
+
+class HtmlEditor(Protocol):
+    routes: frozenset[str]
+
+    def edit_html(self, page: HtmlPage) -> bytes | None:
+        """The new body, or None to leave it (must depend only on the page's fields)."""
+
+
+@lru_cache(maxsize=64)
+def ascii_compatible(charset: str) -> bool:
+    """True when ASCII text is encoded as itself and ASCII bytes never occur inside other
+    characters (so bytes-level search and insertion of ASCII is safe). Unknown labels count
+    as compatible: browsers treat them as windows-1252."""
+    try:
+        info = codecs.lookup(charset)
+    except LookupError:
+        return True
+    if info.name.startswith(("utf-16", "utf-32", "utf-7", "iso2022", "hz", "cp037", "cp500", "cp1140",
+                             "cp273", "cp875", "cp424", "cp1026")):
+        return False
+    try:
+        return _PROBE.encode(info.name) == _PROBE.encode("ascii")
+    except (UnicodeError, LookupError):
+        return False
+
+
+@lru_cache(maxsize=256)
+def _declared_charset(content_type: str) -> str:
+    parsed = parse_content_type(content_type)
+    charset = (parsed[2].get("charset") or "") if parsed else ""
+    return "gb18030" if charset.lower() in ("gb2312", "gbk") else charset
+
+
+def page_charset(content_type: str, body: bytes) -> str:
+    """The charset mitmproxy's `get_text` would use: declared, else `<meta charset>`, else Latin-1."""
+    return _declared_charset(content_type) or infer_content_encoding(content_type, body)
+
+
+class HtmlEdit:
+    """Runs the editors on HTML responses (see the module docstring)."""
+
+    def __init__(self, editors: Sequence[HtmlEditor], max_bytes: int = MAX_EDIT_BYTES) -> None:
+        self.editors = tuple(editors)
+        self.max_bytes = max_bytes
+        self._memo: OrderedDict[tuple[object, ...], tuple[bytes | None, list[str] | None]] = OrderedDict()
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        resp, md = flow.response, flow.metadata
+        if resp is None or flow.error or resp.stream or resp.status_code != 200:
+            return
+        if md.get(metadata.LISTENER) != "reverse" or md.get(metadata.BLOCKED_BY):
+            return
+        route = md.get(metadata.ROUTE)
+        editors = [e for e in self.editors if "*" in e.routes or route in e.routes]
+        raw = resp.raw_content
+        if not editors or raw is None or len(raw) > self.max_bytes:
+            return
+        ctype, cenc, te, csp = "", "", "", []
+        for name, value in resp.headers.fields:
+            key = name.lower()
+            if key in _WANTED:
+                text = value.decode("utf-8", "surrogateescape")
+                if key == b"content-type":
+                    ctype = text
+                elif key == b"content-encoding":
+                    cenc = text.strip().lower()
+                elif key == b"content-security-policy":
+                    csp.append(text)
+                else:
+                    te = text
+        if not ctype[:9].lower() == "text/html":
+            return
+        method = flow.request.method
+        path = (md.get(metadata.ORIGINAL_PATH) or flow.request.path).split("?", 1)[0]
+        host = md.get(metadata.ORIGINAL_HOST, "")
+        key: tuple[object, ...] | None = None
+        if len(raw) <= MEMO_MAX_BODY:
+            key = (hashlib.blake2b(raw, digest_size=16).digest(), len(raw), tuple(id(e) for e in editors),
+                   host, path, method, ctype, cenc, tuple(csp))
+            hit = self._memo.get(key)
+            if hit is not None:
+                self._memo.move_to_end(key)
+                self._apply(resp, hit[0], hit[1], te)
+                return
+        result = self._edit(resp, raw, editors, ctype, cenc, csp, host, path, method,
+                            str(md.get(metadata.REQUEST_ID) or ""))
+        if key is not None:
+            self._memo[key] = result
+            if len(self._memo) > MEMO_ENTRIES:
+                self._memo.popitem(last=False)
+        self._apply(resp, result[0], result[1], te)
+
+    def _edit(self, resp: http.Response, raw: bytes, editors: list[HtmlEditor], ctype: str, cenc: str,
+              csp: list[str], host: str, path: str, method: str, rid: str) -> tuple[bytes | None, list[str] | None]:
+        """(new raw body or None, new CSP values or None)."""
+        if cenc not in _KNOWN_ENCODINGS:
+            log.info("request %s: HTML of %s not edited: cannot decode content-encoding %r", rid, path, cenc)
+            return None, None
+        try:
+            body = raw if cenc in ("", "identity") else encoding.decode(raw, cenc)
+        except ValueError as e:
+            log.info("request %s: HTML of %s not edited: %s", rid, path, e)
+            return None, None
+        assert isinstance(body, bytes)
+        charset = page_charset(ctype, body)
+        transcode = not ascii_compatible(charset)
+        if transcode:
+            try:
+                body = body.decode(charset).encode("utf-8", "surrogatepass")
+            except (UnicodeError, LookupError) as e:
+                log.info("request %s: HTML of %s not edited: not valid %s: %s", rid, path, charset, e)
+                return None, None
+        page = HtmlPage(body, "utf-8" if transcode else charset, host, path, method, rid, list(csp))
+        changed = False
+        for editor in editors:
+            new = editor.edit_html(page)
+            if new is not None:
+                page.body, changed = new, True
+        if not changed:
+            return None, (page.csp if page.csp_changed else None)
+        out = page.body
+        if transcode:
+            out = out.decode("utf-8", "surrogatepass").encode(charset)
+        if cenc not in ("", "identity"):
+            out = encoding.encode(out, cenc)
+            assert isinstance(out, bytes)
+        return out, (page.csp if page.csp_changed else None)
+
+    @staticmethod
+    def _apply(resp: http.Response, raw: bytes | None, csp: list[str] | None, transfer_encoding: str) -> None:
+        if raw is not None:
+            resp.raw_content = raw
+            if not transfer_encoding:  # with Transfer-Encoding there is no Content-Length to fix
+                resp.headers["content-length"] = str(len(raw))
+        if csp is not None:
+            resp.headers.set_all("content-security-policy", csp)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -148,6 +149,18 @@ def serve(path: str) -> None:
         store.close()
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and its child processes
+    (the store's follower), from /proc (Linux)."""
+    def own(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir()
+            for k in (t / "children").read_text().split()]
+    return own(pid) + sum(process_cpu(k) for k in kids)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -189,6 +202,7 @@ def main() -> None:
             stub = pb_grpc.AnalyticsStub(ch)
             overhead: dict[str, float] = {}
             client.stats()  # connect before timing
+            cpu0, server_cpu0 = os.times(), process_cpu(child.pid)
             t0 = time.perf_counter()
             accepted = sum(client.record_events(b).accepted for b in batches[:half])
             seq_s = time.perf_counter() - t0
@@ -197,6 +211,9 @@ def main() -> None:
             with ThreadPoolExecutor(args.inflight) as pool:
                 accepted += sum(r.accepted for r in pool.map(client.record_events, batches[half:]))
             par_s = time.perf_counter() - t0
+            cpu1, server_cpu1 = os.times(), process_cpu(child.pid)
+            client_us = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) * 1e6 / args.events
+            server_us = (server_cpu1 - server_cpu0) * 1e6 / args.events
             par_n = args.events - seq_n
             assert accepted == args.events, f"accepted {accepted} of {args.events}"
             typed_rate = 0.0
@@ -269,6 +286,8 @@ def main() -> None:
     print("\nRecord (durable before the answer; client encoding included)")
     print(f"  gRPC msgpack, 1 call in flight      {seq_rate:>10,.0f} events/s")
     print(f"  gRPC msgpack, {args.inflight} calls in flight     {par_rate:>10,.0f} events/s")
+    print(f"  CPU per event (msgpack runs): client {client_us:.1f} us (encoding + gRPC), server {server_us:.1f} us "
+          f"(gRPC, decoding, store, follower)")
     if typed_rate:
         print(f"  gRPC typed Event messages, 1 call   {typed_rate:>10,.0f} events/s ({args.typed:,} events)")
     print(f"  in-process Store.record(make_event) {local_dict_rate:>10,.0f} events/s (validation timed)")
@@ -285,7 +304,8 @@ def main() -> None:
     print("  overhead = client latency - the store's time inside the server, same call (median)")
     print(f"  worst overhead {worst:.2f} ms; target <= 2 ms: {'met' if worst <= 2 else 'NOT met'}")
     print(json.dumps({"record_grpc_seq": round(seq_rate), "record_grpc_parallel": round(par_rate),
-                      "record_grpc_typed": round(typed_rate), "record_inprocess_make_event": round(local_dict_rate),
+                      "record_grpc_typed": round(typed_rate),
+                      "cpu_us_per_event_client": round(client_us, 2), "cpu_us_per_event_server": round(server_us, 2), "record_inprocess_make_event": round(local_dict_rate),
                       "record_inprocess": round(local_rate), "query_overhead_ms_max": round(worst, 3)}))
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -27,7 +27,7 @@ from addons.recorder import Recorder
 class BatchRecorder(Recorder):
     """A `Recorder` whose `submit` batches on the event loop (see the module docstring)."""
 
-    def __init__(self, store: Any, *, max_events: int = 512, interval: float = 0.02) -> None:
+    def __init__(self, store: Any, *, max_events: int = 1000, interval: float = 0.1) -> None:
         super().__init__(store)
         self.max_events = max_events
         self.interval = interval

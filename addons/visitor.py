@@ -4,7 +4,7 @@ Not an addon: one `Visitors` object is shared by `tracking.py`, `snippet.py` and
 `outreach.py` (built in proxy/tracking_setup.py), so a beacon, a click and the page
 request of the same person carry the same visitor and session ids.
 
-- Visitor id = HMAC(daily salt, site | client address | User-Agent), 16 hex chars. The
+- Visitor id = keyed BLAKE2b(daily salt, site | client address | User-Agent), 16 hex chars. The
   salt is 32 random bytes made per UTC day and kept in `<dir>/<YYYY-MM-DD>.salt` (mode
   0600) so several gateway processes agree; today's and yesterday's are kept, older ones
   are deleted, so yesterday's ids can't be recomputed after tomorrow and an address can't
@@ -18,7 +18,7 @@ request of the same person carry the same visitor and session ids.
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import os
 import re
 import secrets
@@ -53,7 +53,7 @@ class Salts:
         """(today's salt, yesterday's salt or None); rotates when the UTC day changes."""
         now = self.clock()
         start, end = self._day_span
-        if not start <= now < end:  # formatting the day costs more than the HMAC: only at midnight
+        if not start <= now < end:  # formatting the day costs more than the hash: only at midnight
             day = utc_day(now)
             with self._lock:
                 if day != self._day:
@@ -97,8 +97,10 @@ class Salts:
 
 
 def visitor_hash(salt: bytes, site: str, address: str, user_agent: str) -> str:
-    # hmac.digest: the one-shot C implementation, a third of hmac.new(...).hexdigest()'s cost
-    return hmac.digest(salt, f"{site}|{address}|{user_agent}".encode("utf-8", "surrogatepass"), "sha256")[:8].hex()
+    # keyed BLAKE2b is a MAC in its own right (RFC 7693) and costs a fraction of HMAC-SHA256
+    # through OpenSSL (0.5 vs 1.4-7 us), on every request
+    data = f"{site}|{address}|{user_agent}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, key=salt, digest_size=8).hexdigest()
 
 
 @dataclass

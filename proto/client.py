@@ -8,7 +8,7 @@ failures into `ApiError` with a one-line message such as
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,23 @@ class AnalyticsClient:
     def record_packed(self, events_msgpack: bytes) -> pb.RecordResponse:
         """Send an already packed batch (`packed.pack_events` / `packed.join_packed`)."""
         return self._call("Record", pb.RecordRequest(events_msgpack=events_msgpack))
+
+    def record_packed_async(self, events_msgpack: bytes) -> Callable[[], pb.RecordResponse]:
+        """Start sending a packed batch; returns a function that waits for the answer.
+
+        Lets a caller keep a few batches in flight (encode the next while the server stores
+        this one). The returned function raises ApiError like `record_packed`.
+        """
+        future = self.stub.Record.future(pb.RecordRequest(events_msgpack=events_msgpack),
+                                         timeout=self.settings.timeout, metadata=self.metadata)
+
+        def result() -> pb.RecordResponse:
+            try:
+                return future.result()
+            except grpc.RpcError as e:
+                raise translate(e, self.settings.server) from None
+
+        return result
 
     def query(self, request: pb.QueryRequest) -> pb.QueryResponse:
         return self._call("Query", request)

@@ -52,6 +52,21 @@ def test_record_rejects_a_line_whose_value_cannot_travel_and_sends_the_rest(tmp_
     assert out["rejected"][1]["message"].startswith("time: 1e+300 is not epoch seconds")
 
 
+def test_record_with_batches_in_flight_maps_each_rejection_to_its_line(tmp_path, server, capsys):
+    good = sample_events(8)
+    bad_type, too_big = '{"type": "Bad Type"}\n', '{"type": "signup", "attrs": {"n": 99999999999999999999}}\n'
+    text = (jsonl(good[:1]) + bad_type + jsonl(good[1:4]) + too_big + jsonl(good[4:6]) + bad_type
+            + jsonl(good[6:]))
+    path = tmp_path / "events.jsonl"
+    path.write_text(text)
+    # batches of 2: five Record calls, two in flight at a time
+    assert main(["events", "record", str(path), "--server", server.address, "--batch-size", "2", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert (out["accepted"], out["duplicates"]) == (8, 0)
+    assert [(r["line"], r["message"].split(":")[0]) for r in out["rejected"]] == [
+        (2, "type"), (6, "attrs.n"), (9, "type")]
+
+
 def test_record_from_stdin_json(server, capsys, monkeypatch):
     import io
 

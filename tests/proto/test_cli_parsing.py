@@ -158,6 +158,15 @@ def test_unreachable_server_is_one_line_and_exit_1(capsys):
     assert err == f"portico: server 127.0.0.1:{port} unreachable (connection refused)\n"
 
 
+def test_record_to_an_unreachable_server_is_one_line_and_exit_1(tmp_path, capsys):
+    port = _closed_port()
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"type": "signup"}\n' * 5)
+    code = main(["events", "record", str(path), "--server", f"127.0.0.1:{port}", "--batch-size", "2"])
+    assert code == 1
+    assert capsys.readouterr().err == f"portico: server 127.0.0.1:{port} unreachable (connection refused)\n"
+
+
 def test_server_from_environment(capsys, monkeypatch):
     port = _closed_port()
     monkeypatch.setenv("PORTICO_SERVER", f"127.0.0.1:{port}")

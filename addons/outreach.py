@@ -1,6 +1,6 @@
 """Outreach endpoints: the e-mail open pixel and the campaign click redirect.
 
-Hooks: `request` (before Endpoints). Metadata read: LISTENER, REQUEST_ID, ORIGINAL_HOST,
+Hooks: `request` (before Endpoints), `done` (closes the first/repeat memory). Metadata read: LISTENER, REQUEST_ID, ORIGINAL_HOST,
 CLIENT_IP. Written: BLOCKED_BY, VISITOR, SESSION.
 
 - `<prefix>px.gif?...` answers a 1x1 GIF with `Cache-Control: no-store` and records
@@ -9,7 +9,9 @@ CLIENT_IP. Written: BLOCKED_BY, VISITOR, SESSION.
 - `<prefix>c?...` records `link_click`, sets the signed first-party attribution cookie
   (campaign, `attribution_window`, default 30 days) and answers 302 to the target.
 - A tampered or unsigned URL gets 400 (never an open redirect). A replayed URL is a
-  repeat open/click (`first: false`), which is what a second look at an e-mail is.
+  repeat open/click (`first: false`), which is what a second look at an e-mail is. What
+  was seen is kept in LMDB (`seen_path`, addons/firstseen.py), bounded by
+  `max_remembered`, so a repeat stays a repeat after a restart.
 
 Machine traffic (image proxies, link scanners) inflates opens and clicks; it is recorded
 but flagged: known proxy/scanner User-Agents, crawler/library/headless agents, HEAD
@@ -22,14 +24,16 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from mitmproxy import http
 
 from addons import metadata
 from addons.attribution import from_cookie_header, set_cookie_header
+from addons.firstseen import FirstSeen
 from addons.outreachlinks import CLICK_PURPOSE, PIXEL_PURPOSE, OutreachHit, parse_hit
 from addons.pages import error_response, reverse_request_target
 from addons.privacy import truncate_address
@@ -61,6 +65,7 @@ class OutreachSettings:
     ipv4_prefix: int = 24
     ipv6_prefix: int = 48
     max_remembered: int = 100_000      # (campaign, recipient/visitor) pairs remembered for first/repeat
+    seen_path: Path | None = None      # LMDB directory for first/repeat (survives restarts); None: memory
 
 
 def machine_reason(user_agent: str, method: str, sent_at: int | None, now: float, window: float) -> str:
@@ -86,7 +91,7 @@ class Outreach:
         self.visitors = visitors
         self.pixel_path = settings.reserved_prefix + "px.gif"
         self.click_path = settings.reserved_prefix + "c"
-        self.seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self.seen = FirstSeen(settings.seen_path, settings.secret, settings.max_remembered)
         self.recent_clicks: dict[tuple[str, str], deque[tuple[float, str]]] = {}
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -154,14 +159,10 @@ class Outreach:
 
     def _first(self, purpose: str, hit: OutreachHit, visitor: str) -> bool:
         """True the first time this campaign is opened/clicked by this recipient (or visitor)."""
-        key = (purpose, hit.campaign, hit.recipient or f"v:{visitor}")
-        if key in self.seen:
-            self.seen.move_to_end(key)
-            return False
-        self.seen[key] = None
-        if len(self.seen) > self.settings.max_remembered:
-            self.seen.popitem(last=False)
-        return True
+        return self.seen.first(purpose, hit.campaign, hit.recipient or f"v:{visitor}")
+
+    def done(self) -> None:
+        self.seen.close()
 
     def _burst(self, hit: OutreachHit, now: float) -> bool:
         """A scanner follows every link of a message at once: 3+ distinct targets within 2 s."""

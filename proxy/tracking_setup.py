@@ -8,8 +8,9 @@ is one `Bundle` (addons/bundle.py): one entry in mitmproxy's chain instead of on
 (salts + sessions) and one `Recorder` (the store), built here.
 
 Files under `telemetry.path`: `tracking.secret` (HMAC key for signed URLs and pseudonyms,
-0600, made on first start unless `tracking.secret_file`/`secret_env` names one) and
-`salts/` (daily visitor salts). With telemetry disabled and no configured secret only the
+0600, made on first start unless `tracking.secret_file`/`secret_env` names one),
+`salts/` (daily visitor salts) and `outreach-seen/` (LMDB: which e-mail opens and clicks
+were seen, so first/repeat survives restarts). With telemetry disabled and no configured secret only the
 access log runs.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 from addons.accesslog import AccessLog, AccessLogSettings
 from addons.attribution import Goal
 from addons.bundle import Bundle
+from addons.firstseen import FirstSeenError
 from addons.geoip import GeoIP, GeoIPError
 from addons.htmledit import HtmlEdit
 from addons.outbound import Outbound, OutboundSettings
@@ -103,10 +105,14 @@ def tracking_addons(config: PorticoConfig, store: Any) -> tuple[list[Any], list[
     goals = tuple(Goal(g.name, g.event, g.path) for g in t.goals)
     routes = frozenset(t.html_routes)
     window = t.attribution_window.total_seconds()
-    outreach = Outreach(OutreachSettings(
-        secret=secret, reserved_prefix=prefix, recipients=t.recipients, attribution_window=window,
-        machine_window=t.machine_window.total_seconds(), secure_cookie=t.secure_cookie,
-        ipv4_prefix=t.ipv4_prefix, ipv6_prefix=t.ipv6_prefix), recorder, visitors)
+    try:
+        outreach = Outreach(OutreachSettings(
+            secret=secret, reserved_prefix=prefix, recipients=t.recipients, attribution_window=window,
+            machine_window=t.machine_window.total_seconds(), secure_cookie=t.secure_cookie,
+            ipv4_prefix=t.ipv4_prefix, ipv6_prefix=t.ipv6_prefix,
+            seen_path=Path(config.telemetry.path) / "outreach-seen"), recorder, visitors)
+    except FirstSeenError as e:
+        raise ConfigError(f"telemetry.path: {e}") from None
     outbound = Outbound(OutboundSettings(
         secret=secret, reserved_prefix=prefix, routes=routes, internal_hosts=frozenset(t.internal_hosts),
         rewrite=t.rewrite_outbound), recorder, visitors)

@@ -1,8 +1,8 @@
 """The `portico.v1.Analytics` servicer: validate -> call telemetry -> convert.
 
-Store calls run off the event loop (`asyncio.to_thread`, or `store.submit` +
-`asyncio.wrap_future` for Record) so the gateway's loop keeps serving traffic. Domain errors
-become status codes only here:
+Store calls run off the event loop (`asyncio.to_thread`; for Record, decoding and validation
+on one dedicated thread, then `store.submit` + `asyncio.wrap_future`) so the gateway's loop
+keeps serving traffic. Domain errors become status codes only here:
 
     InvalidRequest, EventError, QueryError  -> INVALID_ARGUMENT
     batch over MAX_BATCH events             -> RESOURCE_EXHAUSTED
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -36,6 +37,10 @@ class AnalyticsServicer(pb_grpc.AnalyticsServicer):
 
     def __init__(self, store: Any) -> None:
         self.store = store
+        # Record batches are decoded and validated one at a time on their own thread: several
+        # at once would only contend for the GIL with each other and with the store's writer
+        # (measured: +5-15% events/s with 4 calls in flight), and the loop stays free.
+        self._record_thread: ThreadPoolExecutor | None = None
 
     # ---- helpers ----------------------------------------------------------------------
 
@@ -45,9 +50,12 @@ class AnalyticsServicer(pb_grpc.AnalyticsServicer):
                                 "telemetry is disabled on this gateway (telemetry.enabled: false)")
         return self.store
 
-    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], T]) -> T:
+    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], T],
+                    executor: ThreadPoolExecutor | None = None) -> T:
         """Run `fn` (conversion + store call) in a thread, mapping domain errors to statuses."""
         try:
+            if executor is not None:
+                return await asyncio.get_running_loop().run_in_executor(executor, fn)
             return await asyncio.to_thread(fn)
         except Exception as e:  # noqa: BLE001 - mapped or re-raised below
             await abort_for(context, e)
@@ -78,7 +86,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServicer):
                 good, where, errors = convert.events_from_pb(request.events)
             return (store.submit(good) if good else None), where, errors
 
-        future, where, errors = await self._call(context, prepare)
+        if self._record_thread is None:
+            self._record_thread = ThreadPoolExecutor(1, thread_name_prefix="portico-record")
+        future, where, errors = await self._call(context, prepare, self._record_thread)
         accepted = duplicates = 0
         if future is not None:
             try:

@@ -166,6 +166,9 @@ def unpack_events(blob: bytes) -> list[Any]:
         items = msgpack.unpackb(blob, raw=False, use_list=True, strict_map_key=True)
     except msgpack.ExtraData:
         raise InvalidRequest(FIELD, "trailing bytes after the msgpack array; send exactly one array") from None
+    except msgpack.StackError:
+        raise InvalidRequest(FIELD, "nested too deeply; attribute values are scalars, lists of scalars "
+                                    "or one-level maps of scalars") from None
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise InvalidRequest(FIELD, f"not a valid msgpack array of event maps ({type(e).__name__}: {e})") from None
     if type(items) is not list:
@@ -230,7 +233,7 @@ def events_from_blob(blob: bytes) -> tuple[list[Any], list[int] | None, list[tup
 
     try:
         wire = _decode_wire(blob)
-    except msgspec.DecodeError:   # includes ValidationError
+    except (msgspec.DecodeError, RecursionError):   # DecodeError includes ValidationError
         return events_from_packed(unpack_events(blob))
     good: list[Any] = []
     keep = good.append

@@ -111,6 +111,7 @@ def test_server_generates_ids_and_times_when_absent(stub, client):
     (b"\x92\xc1", "not a valid msgpack array"),
     (b"\x91", "not a valid msgpack array"),
     (b"\x91\x81\x01\xa1x", "not a valid msgpack array"),   # integer map key
+    (b"\x91\x82\xa4type\xa1x\xa5attrs\x81\xa1a" + b"\x91" * 200_000 + b"\x01", "nested too deeply"),
 ])
 def test_undecodable_blobs_fail_the_call_naming_the_field(stub, blob, message):
     err = rpc_error(stub, pb.RecordRequest(events_msgpack=blob))

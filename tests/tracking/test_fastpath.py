@@ -1,0 +1,182 @@
+"""The cheap ON path: bundled hooks, batched submits, and HTML edits on bytes (charsets,
+content encodings, the result memo, CSP hashes)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+import pytest
+
+from addons import metadata
+from addons.bundle import Bundle, BundleError
+from addons.eventbatch import BatchRecorder
+from addons.htmledit import HtmlEdit, ascii_compatible
+from addons.outbound import Outbound, OutboundSettings, check_redirect
+from addons.recorder import Recorder
+from addons.snippet import Snippet, SnippetSettings
+from addons.visitor import Salts, Visitors
+from tests.tracking.conftest import make_flow
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+PAGE = "<html><head><title>Café</title></head><body><a href='https://example.net/x'>ext</a></body></html>"
+
+
+def encoded_flow(path, raw, content_encoding, **kw):
+    """A flow whose response body is `raw` as sent, with that Content-Encoding (no re-encoding)."""
+    f = make_flow(path, **kw)
+    f.response.headers["content-encoding"] = content_encoding
+    f.response.raw_content = raw
+    f.response.headers["content-length"] = str(len(raw))
+    return f
+
+
+@pytest.fixture
+def editor(tmp_path, sink):
+    visitors = Visitors(Salts(tmp_path))
+    outbound = Outbound(OutboundSettings(secret=SECRET), Recorder(sink), visitors)
+    snippet = Snippet(SnippetSettings(secret=SECRET), Recorder(sink), visitors)
+    return HtmlEdit([outbound, snippet])
+
+
+# --- Bundle ------------------------------------------------------------------------------------
+
+def test_bundle_calls_parts_in_order_and_awaits_a_returned_coroutine():
+    calls = []
+
+    class Sync:
+        def request(self, flow):
+            calls.append(("sync", flow))
+
+    class Async:
+        def request(self, flow):
+            async def later():
+                calls.append(("async", flow))
+            return later()
+
+    class After:
+        def request(self, flow):
+            calls.append(("after", flow))
+
+        def done(self):
+            calls.append(("done", None))
+
+    bundle = Bundle("b", [Sync(), Async(), After()])
+    pending = bundle.request("f")
+    assert calls == [("sync", "f")] and pending is not None
+    asyncio.run(pending)
+    assert calls == [("sync", "f"), ("async", "f"), ("after", "f")]
+    assert bundle.done() is None and calls[-1] == ("done", None)
+    assert Bundle("b", [Sync()]).response("f") is None  # no part has the hook
+
+
+def test_bundle_refuses_a_part_with_a_hook_it_would_drop():
+    class Connects:
+        def server_connect(self, data):
+            pass
+
+    with pytest.raises(BundleError, match="Connects.server_connect"):
+        Bundle("b", [Connects()])
+
+
+# --- BatchRecorder -----------------------------------------------------------------------------
+
+def test_batch_recorder_submits_once_per_batch_on_the_loop(sink):
+    calls = []
+
+    class Counting:
+        def submit(self, events):
+            calls.append(len(events))
+            return sink.submit(events)
+
+    async def run():
+        recorder = BatchRecorder(Counting(), max_events=1000, interval=0.01)
+        for i in range(5):
+            recorder.submit([{"type": "request", "time": 1_767_225_600, "attrs": {"n": i}}])
+        assert calls == [] and recorder.buffered == 5
+        await asyncio.sleep(0.05)
+        assert calls == [5] and recorder.buffered == 0
+        recorder.submit([{"type": "request", "time": 1_767_225_600, "attrs": {"n": 9}}])
+        recorder.flush()  # shutdown: no waiting for the timer
+        assert calls == [5, 1]
+
+    asyncio.run(run())
+    assert [e.attrs["n"] for e in sink.of("request")] == [0, 1, 2, 3, 4, 9]
+
+
+def test_batch_recorder_counts_a_failed_batch_without_raising():
+    class Broken:
+        def submit(self, events):
+            raise RuntimeError("store closed")
+
+    recorder = BatchRecorder(Broken())
+    recorder.submit([{"type": "x", "attrs": {}}, {"type": "x", "attrs": {}}])  # no loop: at once
+    assert recorder.failed == 2
+
+
+# --- HTML edits --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("charset", "ok"), [
+    ("utf-8", True), ("ISO-8859-1", True), ("windows-1252", True), ("shift_jis", True), ("x-unknown", True),
+    ("utf-16", False), ("utf-16-le", False), ("utf-32", False), ("utf-7", False), ("iso-2022-jp", False),
+    ("cp037", False)])
+def test_ascii_compatible_charsets(charset, ok):
+    assert ascii_compatible(charset) is ok
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "iso-8859-1", "utf-16"])
+def test_page_is_edited_in_its_own_charset(editor, charset):
+    f = make_flow("/p", body=PAGE.encode(charset), content_type=f"text/html; charset={charset}")
+    editor.response(f)
+    text = f.response.raw_content.decode(charset)
+    assert "<title>Café</title>" in text  # non-ASCII text kept, in the page's charset
+    assert 'href="/_portico/out?u=https%3A%2F%2Fexample.net%2Fx' in text and "data-portico" in text
+    assert f.response.headers["content-length"] == str(len(f.response.raw_content))
+    assert f.response.headers["content-type"] == f"text/html; charset={charset}"
+
+
+def test_charset_from_meta_when_the_header_has_none(editor):
+    body = ("<html><head><meta charset=iso-8859-1><title>Café</title></head><body></body></html>").encode("latin-1")
+    f = make_flow("/p", body=body, content_type="text/html")
+    editor.response(f)
+    assert f.response.raw_content.startswith(body[:40]) and "Café".encode("latin-1") in f.response.raw_content
+
+
+def test_gzip_page_is_decoded_and_encoded_once_and_memo_gives_the_same_bytes(editor):
+    raw = gzip.compress(PAGE.encode())
+    outputs = []
+    for _ in range(2):
+        f = encoded_flow("/p", raw, "gzip")
+        editor.response(f)
+        outputs.append(f.response.raw_content)
+    assert outputs[0] == outputs[1] and len(editor._memo) == 1
+    html = gzip.decompress(outputs[0]).decode()
+    link = html.split('href="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+    assert check_redirect(SECRET, link.split("?", 1)[1]) == ("https://example.net/x", "/p")
+    other = encoded_flow("/other", raw, "gzip")
+    editor.response(other)  # same body, another page: signed for that page, not served from the memo
+    assert "f=%2Fother" in gzip.decompress(other.response.raw_content).decode()
+
+
+def test_unknown_content_encoding_and_non_html_are_left_alone(editor):
+    f = encoded_flow("/p", b"\x00\x01garbage", "x-custom")
+    editor.response(f)
+    assert f.response.raw_content == b"\x00\x01garbage" and f.response.headers["content-encoding"] == "x-custom"
+    j = make_flow("/j", body=PAGE.encode(), content_type="application/json")
+    editor.response(j)
+    assert j.response.raw_content == PAGE.encode()
+    blocked = make_flow("/b", body=PAGE.encode())
+    blocked.metadata[metadata.BLOCKED_BY] = "acl:deny"
+    editor.response(blocked)
+    assert blocked.response.raw_content == PAGE.encode()
+
+
+def test_hash_only_csp_gets_the_inline_snippet_and_its_hash(editor):
+    f = make_flow("/p", body=PAGE.encode(), resp_headers={"Content-Security-Policy": "script-src 'sha256-AAAA'"})
+    editor.response(f)
+    assert "<script data-portico" in f.response.raw_content.decode()
+    assert f.response.headers["content-security-policy"].startswith("script-src 'sha256-AAAA' 'sha256-")
+    again = make_flow("/p", body=PAGE.encode(), resp_headers={"Content-Security-Policy": "script-src 'sha256-AAAA'"})
+    editor.response(again)  # from the memo: body and header both
+    assert again.response.raw_content == f.response.raw_content
+    assert again.response.headers["content-security-policy"] == f.response.headers["content-security-policy"]

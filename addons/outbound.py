@@ -23,6 +23,7 @@ import html
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -47,6 +48,9 @@ _EXTERNAL_HREF = re.compile(
     rb"""(?:"(\s*(?:[a-z][a-z0-9+.-]*:)?//[^"]*|\s*&[^"]*)"|'(\s*(?:[a-z][a-z0-9+.-]*:)?//[^']*|\s*&[^']*)'"""
     rb"""|((?:[a-z][a-z0-9+.-]*:)?//[^\s"'=<>`]+|&[^\s"'=<>`]+))""",
     re.IGNORECASE)
+
+
+SIGNED_LINKS = 4096
 
 
 @dataclass(frozen=True)
@@ -77,26 +81,32 @@ def is_external(href: str, page_host: str, internal_hosts: Collection[str]) -> b
 
 def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, page_host: str, from_path: str,
                         internal_hosts: Collection[str] = (),
-                        signed: dict[str, bytes] | None = None) -> tuple[bytes, int]:
+                        signed: OrderedDict[tuple[str, str, str], bytes] | None = None) -> tuple[bytes, int]:
     """(page bytes with external `<a href>` pointed at the signed redirect, number rewritten).
 
     `data` is in `charset`, which must be ASCII-compatible (see addons/htmledit.py): only the
-    href values are decoded. `signed` memoises target -> escaped redirect path for this page.
+    href values are decoded. `signed` memoises (raw href, page host, page path) -> escaped
+    redirect path across pages (bounded by SIGNED_LINKS): pages that change on every request
+    still link to the same places, and each signature is an HMAC.
     """
     count = 0
 
     def attr(m: re.Match[bytes]) -> bytes:
         nonlocal count
         raw = m.group(2) if m.group(2) is not None else m.group(3) if m.group(3) is not None else m.group(4)
-        href = html.unescape(raw.decode(charset, "replace")).strip()
-        done = signed.get(href) if signed is not None else None
+        text = raw.decode(charset, "replace")
+        key = (text, page_host, from_path)
+        done = signed.get(key) if signed is not None else None
         if done is None:
+            href = html.unescape(text).strip()
             if not is_external(href, page_host, internal_hosts):
                 return m.group(0)
             target = "https:" + href if href.startswith("//") else href
             done = html.escape(redirect_path(secret, prefix, target, from_path), quote=True).encode("ascii")
             if signed is not None:
-                signed[href] = done
+                signed[key] = done
+                if len(signed) > SIGNED_LINKS:
+                    signed.popitem(last=False)
         count += 1
         return m.group(1) + b'"' + done + b'"'
 
@@ -133,6 +143,7 @@ class Outbound:
         self.recorder = recorder
         self.visitors = visitors
         self.endpoint = settings.reserved_prefix + "out"
+        self._signed: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
 
     def edit_html(self, page: HtmlPage) -> bytes | None:
         """The page with its external links signed, or None when it has none."""
@@ -140,7 +151,7 @@ class Outbound:
             return None
         s = self.settings
         new, count = rewrite_links_bytes(page.body, page.charset, s.secret, s.reserved_prefix, page.host,
-                                         page.path, s.internal_hosts, {})
+                                         page.path, s.internal_hosts, self._signed)
         return new if count else None
 
     def request(self, flow: http.HTTPFlow) -> None:

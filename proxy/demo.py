@@ -194,6 +194,9 @@ def prepare(port: int, data_dir: str | Path, grpc_port: int = 50051) -> tuple[Po
     return config, module
 
 
+BATCH_WAIT = 0.3   # seconds: over BatchRecorder's interval
+
+
 def warm_up(gateway_url: str, out: TextIO, store: Any = None) -> None:
     """A first visitor: a few requests through the gateway so the log shows traffic, cache
     hits (the Cache-Status header) and recorded events at once."""
@@ -210,6 +213,9 @@ def warm_up(gateway_url: str, out: TextIO, store: Any = None) -> None:
         print(f"  GET {path:<12} -> {status} ({(time.monotonic() - start) * 1000:.0f} ms)  cache: {cache}", file=out)
     if store is not None:
         try:
+            # request events reach the store in batches (addons/eventbatch.py): let the
+            # newest batch go out before counting
+            time.sleep(BATCH_WAIT)
             store.flush(timeout=5)
             events = store.stats().events
             print(f"\n{events} events recorded so far. Try:\n"

@@ -24,7 +24,7 @@ class GeoIP:
             raise GeoIPError("tracking.geoip_db needs the 'maxminddb' package: pip install maxminddb") from None
         try:
             self.reader = maxminddb.open_database(str(path))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:   # the last is a RuntimeError
             raise GeoIPError(f"tracking.geoip_db: cannot open {str(path)!r} as a MaxMind database: {e}") from None
         self.lookup = lru_cache(maxsize=8192)(self._lookup)
 

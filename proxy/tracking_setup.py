@@ -135,9 +135,6 @@ def tracking_addons(config: PorticoConfig, store: Any) -> tuple[list[Any], list[
                 geoip = GeoIP(t.geoip_db).lookup
             except GeoIPError as e:
                 raise ConfigError(str(e)) from None
-            except Exception as e:  # noqa: BLE001 - maxminddb's InvalidDatabaseError is a RuntimeError
-                raise ConfigError(f"tracking.geoip_db: cannot open {str(t.geoip_db)!r} as a MaxMind database: "
-                                  f"{e}") from None
         late.insert(0, Tracking(TrackingSettings(
             secret=secret, reserved_prefix=prefix, query_allowlist=frozenset(t.query_allowlist),
             ipv4_prefix=t.ipv4_prefix, ipv6_prefix=t.ipv6_prefix, pseudonymise_users=t.pseudonymise_users,

@@ -28,15 +28,14 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Protocol
 
 from mitmproxy import http
 from mitmproxy.net import encoding
 from mitmproxy.net.http.headers import infer_content_encoding, parse_content_type
 
 from addons import metadata
+from addons.htmlpage import HtmlEditor, HtmlPage
 
 log = logging.getLogger("portico.htmledit")
 
@@ -46,27 +45,6 @@ MEMO_MAX_BODY = 128 * 1024  # larger pages are edited every time rather than hel
 _KNOWN_ENCODINGS = frozenset({"", "identity", "gzip", "br", "deflate", "zstd"})
 _WANTED = frozenset({b"content-type", b"content-encoding", b"content-security-policy", b"transfer-encoding"})
 _PROBE = "<a href='https://x.example/'>\"=`</head></body>"
-
-
-@dataclass(slots=True)
-class HtmlPage:
-    """What an editor sees: the decoded body (bytes in an ASCII-compatible charset) and context."""
-
-    body: bytes
-    charset: str
-    host: str           # the host the client asked for
-    path: str           # the page path without query
-    method: str
-    request_id: str
-    csp: list[str] = field(default_factory=list)  # Content-Security-Policy values; editors may replace them
-    csp_changed: bool = False
-
-
-class HtmlEditor(Protocol):
-    routes: frozenset[str]
-
-    def edit_html(self, page: HtmlPage) -> bytes | None:
-        """The new body, or None to leave it (must depend only on the page's fields)."""
 
 
 @lru_cache(maxsize=64)

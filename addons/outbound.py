@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from mitmproxy import http
 
 from addons import metadata
-from addons.htmledit import HtmlPage
+from addons.htmlpage import HtmlPage
 from addons.pages import error_response, reverse_request_target
 from addons.recorder import Recorder
 from addons.signing import sign, verify

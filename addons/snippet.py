@@ -45,7 +45,7 @@ from mitmproxy import http
 
 from addons import metadata
 from addons.attribution import Attribution, Goal, from_cookie_header, goals_for_event
-from addons.htmledit import HtmlPage
+from addons.htmlpage import HtmlPage
 from addons.pages import reverse_request_target
 from addons.privacy import clean_path
 from addons.recorder import Recorder

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,14 +58,19 @@ def http_response(body: bytes, content_type: str = "text/html", cache_control: s
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-def serve_upstream(port: int, response: bytes, by_path_prefix: Mapping[bytes, bytes] | None = None) -> None:
+def serve_upstream(port: int, response: bytes, by_path_prefix: Mapping[bytes, bytes] | None = None,
+                   respond: Callable[[bytes], bytes] | None = None) -> None:
     """A minimal keep-alive HTTP/1.1 server: `response` to every request, or the response of
-    the first `by_path_prefix` entry whose prefix the request path starts with."""
+    the first `by_path_prefix` entry whose prefix the request path starts with, or what
+    `respond(request head)` returns (picklable: the server runs in its own process)."""
     routes = tuple((b" " + prefix, answer) for prefix, answer in (by_path_prefix or {}).items())
 
     def choose(head: bytes) -> bytes:
         line = head.split(b"\r\n", 1)[0]
         return next((answer for marker, answer in routes if marker in line), response)
+
+    if respond is not None:
+        choose = respond  # noqa: F811 - the caller decides
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -86,11 +91,11 @@ def serve_upstream(port: int, response: bytes, by_path_prefix: Mapping[bytes, by
     asyncio.run(main())
 
 
-def start_upstream(response: bytes, by_path_prefix: Mapping[bytes, bytes] | None = None
-                   ) -> tuple[multiprocessing.Process, int]:
+def start_upstream(response: bytes, by_path_prefix: Mapping[bytes, bytes] | None = None,
+                   respond: Callable[[bytes], bytes] | None = None) -> tuple[multiprocessing.Process, int]:
     """`serve_upstream` in its own process (so it doesn't share a GIL with the gateway); waits until it listens."""
     port = free_port()
-    proc = multiprocessing.Process(target=serve_upstream, args=(port, response, by_path_prefix), daemon=True)
+    proc = multiprocessing.Process(target=serve_upstream, args=(port, response, by_path_prefix, respond), daemon=True)
     proc.start()
     wait_port(port)
     return proc, port

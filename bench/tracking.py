@@ -25,9 +25,7 @@ Target: tracking on >= 0.9x tracking off.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import multiprocessing
 import shutil
 import statistics
 import subprocess
@@ -39,7 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    conditions, free_port, kill_all, measure, print_results, require_tools, run_wrk, start_portico, stop, wait_port,
+    conditions, free_port, kill_all, measure, print_results, require_tools, run_wrk, start_portico, start_upstream,
+    stop,
     wrk_parser,
 )
 
@@ -56,33 +55,19 @@ def _response(body: bytes) -> bytes:
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
-def serve(port: int) -> None:
-    """Keep-alive HTTP/1.1: BODY for every path, with a per-request counter under /unique."""
-    fixed = _response(BODY)
-    counter = 0
+class PageResponder:
+    """BODY for every path, with a per-request counter under /unique (picklable, for the
+    upstream's own process)."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal counter
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                if head.startswith(b"GET /unique"):
-                    counter += 1
-                    writer.write(_response(BODY.replace(b"<h1>", b"<!-- %08d --><h1>" % counter, 1)))
-                else:
-                    writer.write(fixed)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def __init__(self) -> None:
+        self.fixed = _response(BODY)
+        self.counter = 0
 
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    def __call__(self, head: bytes) -> bytes:
+        if head.startswith(b"GET /unique"):
+            self.counter += 1
+            return _response(BODY.replace(b"<h1>", b"<!-- %08d --><h1>" % self.counter, 1))
+        return self.fixed
 
 
 # side -> its tracking section: off; on with the defaults (request events, link rewriting,
@@ -124,10 +109,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     require_tools("wrk")
-    up_port = free_port()
-    upstream = multiprocessing.Process(target=serve, args=(up_port,), daemon=True)
-    upstream.start()
-    wait_port(up_port)
+    upstream, up_port = start_upstream(b"", respond=PageResponder())
     tmp = Path(tempfile.mkdtemp(prefix="portico-bench-tracking-"))
     results: dict[str, dict[str, float]] = {}
     ratios: dict[tuple[str, str], list[float]] = {(page, side): [] for page in ("/page", "/unique")

@@ -142,6 +142,15 @@ def event_from_pb(msg: pb.Event) -> Any:
     return make_event(msg.type, attrs, id=msg.id or None)
 
 
+def batch_result(good: list[Any], errors: list[tuple[int, str]], total: int
+                 ) -> tuple[list[Any], list[int] | None, list[tuple[int, str]]]:
+    """(accepted events, their indexes in the batch or None when all were accepted, errors)."""
+    if not errors:
+        return good, None, errors
+    bad = {i for i, _ in errors}
+    return good, [i for i in range(total) if i not in bad], errors
+
+
 def events_from_pb(msgs: Sequence[pb.Event]) -> tuple[list[Any], list[int] | None, list[tuple[int, str]]]:
     """Validated Events of typed messages: (events, their indexes or None when all, errors).
 
@@ -156,10 +165,7 @@ def events_from_pb(msgs: Sequence[pb.Event]) -> tuple[list[Any], list[int] | Non
             good.append(event_from_pb(msg))
         except (EventError, TypeError, ValueError, OverflowError) as e:
             errors.append((i, str(e)))
-    if not errors:
-        return good, None, errors
-    bad = {i for i, _ in errors}
-    return good, [i for i in range(len(msgs)) if i not in bad], errors
+    return batch_result(good, errors, len(msgs))
 
 
 def event_to_pb(event: Any, out: pb.Event) -> pb.Event:

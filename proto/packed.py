@@ -26,7 +26,7 @@ from typing import Any
 import msgpack
 import msgspec
 
-from proto.convert import InvalidRequest
+from proto.convert import InvalidRequest, batch_result
 
 FIELD = "events_msgpack"
 WIRE_FIELDS = ("type", "attrs", "id", "time_us")
@@ -243,10 +243,7 @@ def events_from_blob(blob: bytes) -> tuple[list[Any], list[int] | None, list[tup
             keep(make_event(w.type, w.attrs, id=w.id, time_us=w.time_us))
         except (EventError, TypeError, ValueError, OverflowError) as e:
             errors.append((i, str(e)))
-    if not errors:
-        return good, None, errors
-    bad = {i for i, _ in errors}
-    return good, [i for i in range(len(wire)) if i not in bad], errors
+    return batch_result(good, errors, len(wire))
 
 
 def events_from_packed(items: Sequence[Any]) -> tuple[list[Any], list[int] | None, list[tuple[int, str]]]:
@@ -276,10 +273,7 @@ def events_from_packed(items: Sequence[Any]) -> tuple[list[Any], list[int] | Non
             keep(event_from_packed(item))
         except (EventError, TypeError, ValueError, OverflowError) as e:
             errors.append((i, str(e)))
-    if not errors:
-        return good, None, errors
-    bad = {i for i, _ in errors}
-    return good, [i for i in range(len(items)) if i not in bad], errors
+    return batch_result(good, errors, len(items))
 
 
 def _kind(value: Any) -> str:

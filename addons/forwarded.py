@@ -52,6 +52,9 @@ UNKEYED_OVERRIDE_HEADERS = ("x-original-url", "x-rewrite-url", "x-http-method-ov
 FORWARDING_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
                       "forwarded", "x-real-ip", "x-request-id")
 
+_SPOOFABLE = tuple((h, h.encode()) for h in IDENTITY_HEADERS + UNKEYED_OVERRIDE_HEADERS)
+_FORWARDING = tuple((h, h.encode()) for h in FORWARDING_HEADERS)
+
 
 @dataclass(frozen=True)
 class ForwardedSettings:
@@ -139,15 +142,19 @@ class Forwarded:
         flow.metadata[metadata.ORIGINAL_PATH] = request.path
         flow.metadata[metadata.STARTED] = time.monotonic()
 
-        stripped = [h for h in IDENTITY_HEADERS + UNKEYED_OVERRIDE_HEADERS if h in request.headers]
+        # one pass over the header names: `name in headers` scans every field for each of
+        # ~30 names (~60 us a request on mitmproxy's multidict), a set lookup does not
+        present = {name.lower() for name, _ in request.headers.fields}
+        stripped = [h for h, hb in _SPOOFABLE if hb in present]
         for name in stripped:
             del request.headers[name]
         if stripped:
             log.info("request %s from %s: removed client-supplied %s", request_id, client_ip, ", ".join(stripped))
 
-        claimed = {h: request.headers.get_all(h) for h in ("x-forwarded-proto", "x-forwarded-host")}
-        for name in FORWARDING_HEADERS:
-            if name in request.headers:
+        claimed = {h: request.headers.get_all(h) if h.encode() in present else []
+                   for h in ("x-forwarded-proto", "x-forwarded-host")}
+        for name, nb in _FORWARDING:
+            if nb in present:
                 del request.headers[name]
         request.headers["X-Request-Id"] = request_id
         if not forward_listener:

@@ -25,9 +25,10 @@ import http.client as httpclient
 import ipaddress
 import json
 import logging
+import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,10 @@ class CacheSettings:
     purge_networks: tuple[Network, ...] = ()
     private_cookies: tuple[str, ...] = ("portico_session",)
     flush_interval: float = 2.0
+    # host, port -> addresses, over the encrypted resolver (the `dns:` section): the cache's own
+    # upstream fetches resolve names the way the engine's connections do, never by the
+    # system's plaintext DNS. None: no `dns:` section, the system resolver as everywhere else.
+    resolve: Callable[[str, int], Awaitable[list[str]]] | None = None
 
 
 @dataclass
@@ -117,14 +122,32 @@ def to_headers(pairs: Sequence[tuple[str, str]]) -> http.Headers:
     return http.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs])
 
 
+class _PinnedHTTPSConnection(httpclient.HTTPSConnection):
+    """HTTPS to a resolved address, with SNI and the certificate check on the name."""
+
+    def __init__(self, host: str, port: int, address: str, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
 def _fetch_blocking(scheme: str, host: str, port: int, path: str, headers: Sequence[tuple[str, str]],
-                    timeout: float) -> _Fetched:
-    """One GET to the upstream (run in a thread): revalidation and background refresh."""
+                    timeout: float, address: str | None = None) -> _Fetched:
+    """One GET to the upstream (run in a thread): revalidation and background refresh.
+
+    With `address` (resolved over encrypted DNS) the connection goes there and nothing is
+    looked up here; TLS still verifies the certificate for `host`.
+    """
     if scheme == "https":
-        conn: httpclient.HTTPConnection = httpclient.HTTPSConnection(
-            host, port, timeout=timeout, context=ssl.create_default_context())
+        conn: httpclient.HTTPConnection = (
+            _PinnedHTTPSConnection(host, port, address, timeout=timeout, context=ssl.create_default_context())
+            if address else httpclient.HTTPSConnection(host, port, timeout=timeout,
+                                                       context=ssl.create_default_context()))
     else:
-        conn = httpclient.HTTPConnection(host, port, timeout=timeout)
+        conn = httpclient.HTTPConnection(address or host, port, timeout=timeout)
     try:
         conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
         for k, v in headers:
@@ -409,7 +432,10 @@ class Cache:
         """Fetch upstream with validators; a 304 updates the entry, a cacheable 200 replaces it."""
         request_time = self.clock()
         self.upstream_fetches += 1
-        fetched = await asyncio.to_thread(_fetch_blocking, *target, headers, self.settings.fetch_timeout)
+        address = None
+        if self.settings.resolve is not None:
+            address = (await self.settings.resolve(target[1], target[2]))[0]   # DnsResolutionError: an OSError
+        fetched = await asyncio.to_thread(_fetch_blocking, *target, headers, self.settings.fetch_timeout, address)
         response_time = self.clock()
         got = P.Fields(fetched.headers)
         if fetched.status == 304:

@@ -63,8 +63,9 @@ def route_specs(config: PorticoConfig) -> list[RouteSpec]:
     ]
 
 
-def cache_addon(config: PorticoConfig, services: Services) -> Cache:
-    """The Cache addon from `cache:` and the routes' `cache:` switches; opens the store once."""
+def cache_addon(config: PorticoConfig, services: Services, resolver: Any = None) -> Cache:
+    """The Cache addon from `cache:` and the routes' `cache:` switches; opens the store once.
+    With `resolver` (the `dns:` section), its own upstream fetches resolve over encrypted DNS."""
     c = config.cache
     base = RouteCacheSettings(default_ttl=c.default_ttl.total_seconds() if c.default_ttl else None,
                               ignore_query_params=c.ignore_query_params, sort_query=c.sort_query,
@@ -89,7 +90,8 @@ def cache_addon(config: PorticoConfig, services: Services) -> Cache:
         stale_while_revalidate_max=c.stale_while_revalidate_max.total_seconds(),
         stale_if_error_max=c.stale_if_error_max.total_seconds(), lock_timeout=c.lock_timeout.total_seconds(),
         fetch_timeout=c.revalidate_timeout.total_seconds(), purge_networks=c.purge_networks,
-        private_cookies=c.private_cookies), services.cache_store)
+        private_cookies=c.private_cookies,
+        resolve=resolver.resolve if resolver is not None else None), services.cache_store)
 
 
 def portico_addons(config: PorticoConfig, services: Services) -> list[Any]:
@@ -124,7 +126,7 @@ def portico_addons(config: PorticoConfig, services: Services) -> list[Any]:
             default_range=d.default_range, max_csv_rows=d.max_csv_rows), services.store))
     addons.append(Endpoints(EndpointsSettings(reserved_prefix=config.reserved_prefix, version=services.version)))
     addons.append(Router(route_specs(config)))
-    cache = cache_addon(config, services) if config.cache.enabled else None
+    cache = cache_addon(config, services, resolver) if config.cache.enabled else None
     if cache is not None:
         addons.append(cache)
     # dns guard, moderation, forum moderation, phishing: after the cache lookup (a hit needs

@@ -240,3 +240,44 @@ forward: {{listen: 127.0.0.1:0}}
         assert status == 403 and b"DNS-over-HTTPS" in body
         status, _, body = proxy_request(gw.gateway.forward_port, "dns.google:443", method="CONNECT")
         assert status == 403
+
+
+def test_cache_revalidation_resolves_over_encrypted_dns(unbound, tmp_path):
+    """The cache's own conditional fetch (not the engine's connection) must also use the
+    encrypted resolver: pinned.test exists only in unbound, so a system lookup would fail
+    and no conditional request would reach the module."""
+    conditional: list[str | None] = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            return
+
+        def do_GET(self):  # noqa: N802
+            inm = self.headers.get("If-None-Match")
+            conditional.append(inm)
+            if inm == '"v1"':
+                self.send_response(304)
+                self.send_header("ETag", '"v1"')
+                self.end_headers()
+                return
+            body = b"stored once"
+            self.send_response(200)
+            self.send_header("Cache-Control", "no-cache")   # stored, revalidated on every use
+            self.send_header("ETag", '"v1"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.2", 0), H)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        extra = f"cache: {{enabled: true, path: '{tmp_path / 'cache'}'}}\n"
+        with GatewayThread(gw_yaml(unbound, f"http://pinned.test:{server.server_address[1]}", extra=extra)) as gw:
+            first = request(gw.url, "/doc")
+            second = request(gw.url, "/doc")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert first[0] == 200 and second[0] == 200 and second[2] == b"stored once"
+    assert conditional == [None, '"v1"']          # the second was the cache's own conditional fetch
+    assert "fwd-status=304" in second[1]["cache-status"], second[1]   # RFC 9211: revalidated

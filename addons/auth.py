@@ -60,6 +60,7 @@ from auth.cache import CredentialCache
 from auth.errors import (Banned, DirectoryUnavailable, InvalidCredentials, RegulationStoreError,
                          SessionError, SessionExpired)
 from auth.identity import Authenticator, Identity
+from auth.revocation import RevocationStoreError, RevokedSessions
 from auth.sessions import Session, SessionManager, safe_redirect_target
 from auth.throttle import Regulator
 
@@ -145,8 +146,10 @@ class Auth:
 
     def __init__(self, settings: AuthSettings, backend: Authenticator, sessions: SessionManager,
                  regulator: Regulator | None, recorder: Recorder, mapping: AccountMapping | None = None,
-                 ledger: AccountLedger | None = None, clock: Callable[[], float] = time.time) -> None:
+                 ledger: AccountLedger | None = None, clock: Callable[[], float] = time.time,
+                 revoked: RevokedSessions | None = None) -> None:
         self.settings = settings
+        self.revoked = revoked   # logged-out session ids (None: logout only clears the cookie)
         self.backend = backend
         self.sessions = sessions
         self.regulator = regulator
@@ -187,7 +190,7 @@ class Auth:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                 pass
             self._task = None
-        for closable in (self.backend, self.regulator, self.ledger):
+        for closable in (self.backend, self.regulator, self.ledger, self.revoked):
             close = getattr(closable, "close", None)
             if close is not None:
                 try:
@@ -351,6 +354,12 @@ class Auth:
             self._cookies[flow.id] = self._clear_cookie(flow)
             return None
         identity = session.identity
+        if self.revoked is not None and self.revoked.is_revoked(session.session_id):
+            log.info("request %s from %s: session of %r was logged out; refused",
+                     flow.metadata.get(metadata.REQUEST_ID), _client_ip(flow), identity.username)
+            self._verified.pop(token, None)
+            self._cookies[flow.id] = self._clear_cookie(flow)
+            return None
         if identity.username in self._gone:
             self._cookies[flow.id] = self._clear_cookie(flow)
             return None
@@ -468,9 +477,18 @@ class Auth:
         user = None
         if token:
             try:
-                user = self.sessions.verify(token).identity.username
+                session = self.sessions.verify(token)
             except SessionError:
-                pass
+                session = None
+            if session is not None:
+                user = session.identity.username
+                self._verified.pop(token, None)
+                if self.revoked is not None:
+                    try:   # a copy of the token must stop working too, not only this cookie
+                        self.revoked.revoke(session.session_id, session.expires_at)
+                    except RevocationStoreError as e:
+                        log.error("logout of %r: the session could not be revoked, a copy of its token "
+                                  "stays valid until it expires: %s", user, e)
         if user is not None:
             self.recorder.submit([{"type": "auth.logout", "time": self._clock(), "attrs": {"user": user}}])
             log.info("logout of %r", user)

@@ -3,7 +3,7 @@
 
 Files under the data directory (`telemetry.path`, used even when telemetry is disabled):
 `session.key` (the session signing key, 0600, made on first start unless
-`auth.session.secret_file`/`secret_env` names one), `regulation/` (bans, auth.throttle) and
+`auth.session.secret_file`/`secret_env` names one), `regulation/` (bans, auth.throttle), `revoked-sessions/` (logged-out session ids) and
 `accounts/` (who was seen in which org/project, addons/accounts.py).
 
 Without an `auth:` section nobody can log in: `access_control:` alone still applies its
@@ -25,6 +25,7 @@ from addons.recorder import Recorder
 from auth.access import AccessControl
 from auth.errors import AuthError
 from auth.identity import Authenticator
+from auth.revocation import REVOKED_DIRNAME, RevokedSessions
 from auth.sessions import SessionManager, SessionSettings, generate_key
 from auth.throttle import REGULATION_DIRNAME, RegulationSettings, Regulator
 from proxy.config import AuthConfig, PorticoConfig
@@ -125,6 +126,7 @@ def auth_addons(config: PorticoConfig, store: Any) -> list[Any]:
                     max_retries=r.max_retries, address_max_retries=r.address_max_retries,
                     find_time=r.find_time.total_seconds(), ban_time=r.ban_time.total_seconds(),
                     ipv6_prefix=r.ipv6_prefix))
+            revoked = RevokedSessions.open(data / REVOKED_DIRNAME)
         except (AuthError, ValueError) as e:
             raise ConfigError(f"auth: {e}") from None
         mapping = account_mapping(auth)
@@ -140,7 +142,7 @@ def auth_addons(config: PorticoConfig, store: Any) -> list[Any]:
             realm=realm, basic=auth.basic, forward_auth=auth.forward_proxy_auth and config.forward is not None,
             group_refresh_interval=refresh,
             directory_check_interval=auth.accounts.check_interval.total_seconds()),
-            backend, sessions, regulator, recorder, mapping, ledger))
+            backend, sessions, regulator, recorder, mapping, ledger, revoked=revoked))
     control = access_control(config)
     if control is not None:
         addons.append(Acl(AclSettings(control=control, reserved_prefix=config.reserved_prefix, realm=realm),

@@ -404,6 +404,34 @@ access_control:
     assert key.stat().st_mode & 0o777 == 0o600
 
 
+def test_logout_revokes_the_token_itself_even_across_a_restart(upstream, tmp_path):
+    """A copy of a logged-out session cookie (another tab, a stolen copy) is refused too, and
+    stays refused after the gateway restarts; other sessions of the same user keep working."""
+    users = UsersFile(tmp_path / "users.yaml", must_exist=False)
+    users.add("erin", "erin-pw", groups=("members",), n=2**10)
+    config = f"""
+listen: 127.0.0.1:0
+grpc: {{listen: 127.0.0.1:0}}
+telemetry: {{enabled: false, path: {tmp_path / 'data'}}}
+routes: [{{match: {{host: "*", path_prefix: /}}, upstream: {upstream.url}}}]
+auth: {{backend: file, users_file: {tmp_path / 'users.yaml'}}}
+access_control:
+  rules: [{{path_prefixes: [/members/], groups: [members], policy: authenticated}}]
+"""
+    with GatewayThread(config) as gateway:
+        old = session_cookie(login(gateway, "erin", "erin-pw")[1])
+        other = session_cookie(login(gateway, "erin", "erin-pw")[1])
+        assert echoed(gateway, "/members/", headers={"Cookie": old})["headers"]["remote-user"] == "erin"
+        status, headers, _ = request(gateway.url, "/_portico/logout", headers={"Cookie": old})
+        assert status == 303 and "Max-Age=0" in headers["set-cookie"]
+        status, headers, _ = request(gateway.url, "/members/", headers={"Cookie": old} | HTML)
+        assert status == 302 and "Max-Age=0" in headers["set-cookie"]
+        assert echoed(gateway, "/members/", headers={"Cookie": other})["headers"]["remote-user"] == "erin"
+    with GatewayThread(config) as gateway:
+        assert request(gateway.url, "/members/", headers={"Cookie": old} | HTML)[0] == 302
+        assert echoed(gateway, "/members/", headers={"Cookie": other})["headers"]["remote-user"] == "erin"
+
+
 # --- identity events in the telemetry store ------------------------------------------------
 
 

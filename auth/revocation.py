@@ -23,6 +23,7 @@ from pathlib import Path
 import lmdb
 
 from auth.errors import AuthError
+from auth.lmdbdir import open_env_dir
 
 REVOKED_DIRNAME = "revoked-sessions"
 _MAP_SIZE = 64 << 20
@@ -52,12 +53,8 @@ class RevokedSessions:
             RevocationStoreError: the directory cannot be created or opened.
         """
         path = Path(path)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=1, subdir=True)
-        except (OSError, lmdb.Error) as e:
-            raise RevocationStoreError(f"cannot open the logged-out sessions store at {path}: {e}") from None
-        return cls(env, path, clock)
+        return cls(open_env_dir(path, _MAP_SIZE, 1, "the logged-out sessions store", RevocationStoreError),
+                   path, clock)
 
     def close(self) -> None:
         self._env.close()

@@ -31,6 +31,7 @@ from pathlib import Path
 import lmdb
 
 from auth.errors import Banned, RegulationStoreError
+from auth.lmdbdir import open_env_dir
 
 REGULATION_DIRNAME = "regulation"  # under the gateway's data directory
 _MAP_SIZE = 64 * 1024 * 1024
@@ -113,12 +114,7 @@ class Regulator:
             RegulationStoreError: the directory cannot be created or opened.
         """
         path = Path(path)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=2, subdir=True)
-        except (OSError, lmdb.Error) as e:
-            raise RegulationStoreError(f"cannot open the regulation store at {path} "
-                                       f"(map size {_MAP_SIZE}): {e}") from None
+        env = open_env_dir(path, _MAP_SIZE, 2, "the regulation store", RegulationStoreError)
         return cls(env, settings or RegulationSettings(), path, clock)
 
     def close(self) -> None:

@@ -384,18 +384,23 @@ def test_directory_stopped_answers_503_and_never_lets_a_request_through(upstream
         own.stop()
 
 
-def test_file_backend_through_the_gateway(upstream, tmp_path):
+def file_backend_config(upstream: EchoUpstream, tmp_path: Path, auth_extra: str = "") -> str:
+    """A gateway with the file backend and one user, erin (group members), who may see /members/."""
     users = UsersFile(tmp_path / "users.yaml", must_exist=False)
     users.add("erin", "erin-pw", groups=("members",), n=2**10)
-    config = f"""
+    return f"""
 listen: 127.0.0.1:0
 grpc: {{listen: 127.0.0.1:0}}
 telemetry: {{enabled: false, path: {tmp_path / 'data'}}}
 routes: [{{match: {{host: "*", path_prefix: /}}, upstream: {upstream.url}}}]
-auth: {{backend: file, users_file: {tmp_path / 'users.yaml'}, headers: {{user: X-Portico-Who}}}}
+auth: {{backend: file, users_file: {tmp_path / 'users.yaml'}{auth_extra}}}
 access_control:
   rules: [{{path_prefixes: [/members/], groups: [members], policy: authenticated}}]
 """
+
+
+def test_file_backend_through_the_gateway(upstream, tmp_path):
+    config = file_backend_config(upstream, tmp_path, ", headers: {user: X-Portico-Who}")
     with GatewayThread(config) as gateway:
         data = echoed(gateway, "/members/", headers={"Authorization": basic("erin", "erin-pw")})
         assert data["headers"]["x-portico-who"] == "erin" and "remote-user" not in data["headers"]
@@ -407,17 +412,7 @@ access_control:
 def test_logout_revokes_the_token_itself_even_across_a_restart(upstream, tmp_path):
     """A copy of a logged-out session cookie (another tab, a stolen copy) is refused too, and
     stays refused after the gateway restarts; other sessions of the same user keep working."""
-    users = UsersFile(tmp_path / "users.yaml", must_exist=False)
-    users.add("erin", "erin-pw", groups=("members",), n=2**10)
-    config = f"""
-listen: 127.0.0.1:0
-grpc: {{listen: 127.0.0.1:0}}
-telemetry: {{enabled: false, path: {tmp_path / 'data'}}}
-routes: [{{match: {{host: "*", path_prefix: /}}, upstream: {upstream.url}}}]
-auth: {{backend: file, users_file: {tmp_path / 'users.yaml'}}}
-access_control:
-  rules: [{{path_prefixes: [/members/], groups: [members], policy: authenticated}}]
-"""
+    config = file_backend_config(upstream, tmp_path)
     with GatewayThread(config) as gateway:
         old = session_cookie(login(gateway, "erin", "erin-pw")[1])
         other = session_cookie(login(gateway, "erin", "erin-pw")[1])

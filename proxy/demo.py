@@ -194,12 +194,13 @@ def prepare(port: int, data_dir: str | Path, grpc_port: int = 50051) -> tuple[Po
     return config, module
 
 
-BATCH_WAIT = 0.3   # seconds: over BatchRecorder's interval
+BATCH_WAIT = 3.0   # seconds at most for the tracking batch (BatchRecorder: 0.1 s) to reach the store
 
 
 def warm_up(gateway_url: str, out: TextIO, store: Any = None) -> None:
     """A first visitor: a few requests through the gateway so the log shows traffic, cache
     hits (the Cache-Status header) and recorded events at once."""
+    served = 0
     for path in ("/", "/about", "/about", "/api/items", "/api/items", "/nope"):
         start = time.monotonic()
         try:
@@ -210,14 +211,19 @@ def warm_up(gateway_url: str, out: TextIO, store: Any = None) -> None:
         except OSError as e:
             print(f"  warm-up {path}: {e}", file=out)
             continue
+        served += 1
         print(f"  GET {path:<12} -> {status} ({(time.monotonic() - start) * 1000:.0f} ms)  cache: {cache}", file=out)
     if store is not None:
         try:
-            # request events reach the store in batches (addons/eventbatch.py): let the
-            # newest batch go out before counting
-            time.sleep(BATCH_WAIT)
-            store.flush(timeout=5)
-            events = store.stats().events
+            # request events reach the store in batches (addons/eventbatch.py): wait for the
+            # newest batch (one event per request served) before counting, a few seconds at most
+            deadline = time.monotonic() + BATCH_WAIT
+            while True:
+                store.flush(timeout=5)
+                events = store.stats().events
+                if events >= served or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             print(f"\n{events} events recorded so far. Try:\n"
                   "  .venv/bin/portico query --type request --by path --interval none\n"
                   "  .venv/bin/portico events list --limit 5\n"

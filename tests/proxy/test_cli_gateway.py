@@ -135,3 +135,10 @@ def test_demo_serves_a_page_through_the_gateway(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0
+
+
+def test_settle_gc_freezes_start_up_objects_and_raises_the_young_threshold():
+    code = ("import gc; from proxy.cli_gateway import settle_gc, GC_GEN0; import mitmproxy.http; "
+            "settle_gc(); print(gc.get_threshold()[0] == GC_GEN0, gc.get_freeze_count() > 10_000)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True"], out.stderr

@@ -243,17 +243,23 @@ def read_value_counts(txn: Any, db: Any, dim_code: int, value_code: int, type_co
 def _scan_slot_counts(txn: Any, db: Any, prefix: bytes, slot_from: int,
                       slot_to: int) -> tuple[np.ndarray, np.ndarray]:
     """(slots, counts) of the counter keys `prefix + slot` in [slot_from, slot_to)."""
-    lo, hi = slot_key_range(prefix, slot_from, slot_to)
     start = len(prefix)
     slots, counts = [], []
+    for k, v in _slot_items(txn, db, prefix, slot_from, slot_to):
+        slots.append(int.from_bytes(k[start:start + 4], "big"))
+        counts.append(int.from_bytes(v, "little"))
+    return np.array(slots, np.int64), np.array(counts, np.int64)
+
+
+def _slot_items(txn: Any, db: Any, prefix: bytes, slot_from: int, slot_to: int) -> Iterable[tuple[bytes, bytes]]:
+    """(key, value) of the keys `prefix + slot` with slot in [slot_from, slot_to), in order."""
+    lo, hi = slot_key_range(prefix, slot_from, slot_to)
     cur = txn.cursor(db=db)
     if cur.set_range(lo):
         for k, v in cur:
             if k >= hi:
-                break
-            slots.append(int.from_bytes(k[start:start + 4], "big"))
-            counts.append(int.from_bytes(v, "little"))
-    return np.array(slots, np.int64), np.array(counts, np.int64)
+                return
+            yield k, v
 
 
 def read_dim(txn: Any, db: Any, dim_code: int, type_code: int, slot_from: int,
@@ -263,25 +269,15 @@ def read_dim(txn: Any, db: Any, dim_code: int, type_code: int, slot_from: int,
     With day=True the arguments and results are UTC day numbers (day-level blobs).
     """
     prefix = (b"C" if day else b"c") + dim_code.to_bytes(4, "big") + type_code.to_bytes(4, "big")
-    lo, hi = slot_key_range(prefix, slot_from, slot_to)
-    cur = txn.cursor(db=db)
-    if cur.set_range(lo):
-        for k, v in cur:
-            if k >= hi:
-                break
-            arr = np.frombuffer(v, np.uint32)
-            n = len(arr) // 2
-            yield int.from_bytes(k[9:13], "big"), arr[:n], arr[n:]
+    for k, v in _slot_items(txn, db, prefix, slot_from, slot_to):
+        arr = np.frombuffer(v, np.uint32)
+        n = len(arr) // 2
+        yield int.from_bytes(k[9:13], "big"), arr[:n], arr[n:]
 
 
 def read_users(txn: Any, db: Any, type_code: int, slot_from: int,
                slot_to: int, day: bool = False) -> Iterable[tuple[int, np.ndarray]]:
     """(slot or day, sorted actor hashes); day-level sets exist for type 0 (any type) only."""
     prefix = (b"U" if day else b"u") + type_code.to_bytes(4, "big")
-    lo, hi = slot_key_range(prefix, slot_from, slot_to)
-    cur = txn.cursor(db=db)
-    if cur.set_range(lo):
-        for k, v in cur:
-            if k >= hi:
-                break
-            yield int.from_bytes(k[5:9], "big"), np.frombuffer(v, np.uint64)
+    for k, v in _slot_items(txn, db, prefix, slot_from, slot_to):
+        yield int.from_bytes(k[5:9], "big"), np.frombuffer(v, np.uint64)

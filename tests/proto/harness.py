@@ -23,8 +23,10 @@ from proto.server import GrpcSettings, create_server
 class ServerThread:
     """create_server + start on a private loop; `stop()` stops it gracefully."""
 
-    def __init__(self, settings: GrpcSettings | None = None, store: Any = None) -> None:
+    def __init__(self, settings: GrpcSettings | None = None, store: Any = None,
+                 outreach_maker: Any = None) -> None:
         self.settings = settings or GrpcSettings(listen="127.0.0.1:0")
+        self.outreach_maker = outreach_maker
         self.loop = asyncio.new_event_loop()
         started: Future[int] = Future()
         self.thread = threading.Thread(target=self._run, args=(store, started), daemon=True)
@@ -35,7 +37,7 @@ class ServerThread:
     def _run(self, store: Any, started: Future[int]) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            self.server, port, _ = create_server(self.settings, store)
+            self.server, port, _ = create_server(self.settings, store, outreach_maker=self.outreach_maker)
             self.loop.run_until_complete(self.server.start())
         except BaseException as e:  # noqa: BLE001 - surfaced to the test
             started.set_exception(e)

@@ -3,11 +3,8 @@ endpoints, per-item errors, the batch cap, request validation, tracking off, and
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from proto.server import GrpcSettings, create_server
 from proxy.config import parse_config
 from proxy.server import Gateway
 from tests.integration.harness import EchoUpstream, GatewayThread, request
+from tests.proto.harness import ServerThread
 from tests.tracking.gateway import events, requires_store
 
 CHROME = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -32,39 +30,16 @@ SECRET = b"s" * 32
 READ, WRITE = "read-token-0123456789", "write-token-0123456789"
 
 
-class OutreachServer:
-    """`create_server(..., outreach_maker=...)` started on its own loop in a thread (127.0.0.1:0)."""
+class OutreachServer(ServerThread):
+    """A gRPC server with only the Outreach signer (no store), on 127.0.0.1:0."""
 
     def __init__(self, maker: Callable[..., Any] | None, settings: GrpcSettings | None = None) -> None:
-        self.loop = asyncio.new_event_loop()
-        started: Future[int] = Future()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            try:
-                self.server, port, _ = create_server(settings or GrpcSettings(listen="127.0.0.1:0"),
-                                                     outreach_maker=maker)
-                self.loop.run_until_complete(self.server.start())
-            except BaseException as e:  # noqa: BLE001 - surfaced to the test
-                started.set_exception(e)
-                return
-            started.set_result(port)
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        self.address = f"127.0.0.1:{started.result(timeout=10)}"
+        super().__init__(settings, outreach_maker=maker)
 
     def call(self, request: pb.MakeTrackedUrlsRequest, token: str | None = None) -> pb.MakeTrackedUrlsResponse:
         metadata = [("authorization", f"Bearer {token}")] if token else None
         with grpc.insecure_channel(self.address) as channel:
             return pb_grpc.OutreachStub(channel).MakeTrackedUrls(request, timeout=10, metadata=metadata)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(1), self.loop).result(timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 def maker(recipient_tracking: bool = True) -> Callable[..., Any]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import msgpack
 import pytest
 
 from telemetry.errors import EventError
-from telemetry.events import decode_row, encode_rows, event_from_json, event_to_json, make_event, new_id, row_key
+from telemetry.events import decode_row, decode_row_batch, encode_rows, event_from_json, event_to_json, make_event, new_id, row_key
 from telemetry.query import ListQuery
 from tests.telemetry.conftest import T0
 
@@ -115,10 +116,22 @@ def test_time_accepts_datetime_epoch_and_text():
     assert a.time_us == b.time_us == c.time_us
 
 
-@pytest.mark.parametrize("eid", [None, "k", "x" * 31, "y" * 32, "z" * 128])
-def test_encoded_rows_are_the_msgpack_of_id_type_and_attrs(eid):
-    ev = make_event("user.joined", {"org": "acme", "n": 3, "needs": ["Legal Help"], "supplies": {"Childcare": 5}},
+@pytest.mark.parametrize("eid", [None, "k", "x" * 31, "y" * 32, "z" * 128, 'q"uo\\te'])
+def test_encoded_rows_are_one_json_line_of_id_type_and_attrs(eid):
+    ev = make_event("user.joined", {"org": "acme", "n": 3, "x": 2.5, "ok": True, "needs": ["Legal Help"],
+                                    "supplies": {"Childcare": 5}, "name": "Zoë \n\"q\""},
                     id=eid, time_us=1_000_000)
     (row,) = encode_rows([ev], [ev.id.encode()])
-    assert msgpack.unpackb(row, raw=False) == [ev.id, "user.joined", dict(ev.attrs)]
+    assert b"\n" not in row
+    assert json.loads(row) == {"i": ev.id, "y": "user.joined", "a": dict(ev.attrs)}
     assert decode_row(row_key(ev.time_us, 7), row) == ev
+    assert decode_row_batch([row, row]) == [(ev.id, ev.type, dict(ev.attrs))] * 2
+
+
+def test_rows_in_the_older_msgpack_form_are_still_read():
+    attrs = {"org": "acme", "n": 3, "needs": ["Legal Help"], "supplies": {"Childcare": 5}}
+    old = msgpack.packb(["01OLD", "user.joined", attrs], use_bin_type=True)
+    ev = decode_row(row_key(5, 1), old)
+    assert (ev.id, ev.time_us, ev.type, ev.attrs) == ("01OLD", 5, "user.joined", attrs)
+    new = encode_rows([make_event("x", {"a": 1})], [b"01NEW"])[0]
+    assert decode_row_batch([old, new]) == [("01OLD", "user.joined", attrs), ("01NEW", "x", {"a": 1})]

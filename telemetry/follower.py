@@ -22,6 +22,7 @@ import lmdb
 import numpy as np
 
 from telemetry import columns, rollups
+from telemetry.arrowseg import JsonSegmenter
 from telemetry.dictionary import Dictionary
 from telemetry.events import KEY_LEN, decode_row_batch
 from telemetry.partitions import Partition, lmdb_error, parse_name
@@ -125,6 +126,8 @@ class Follower:
         self.dims = tuple((dictionary.code(n), n) for n in dimensions if n != "geo_cell")
         dictionary.commit()
         self.partitions = partitions
+        self.segmenter = JsonSegmenter()
+        self.fast_batches = self.slow_batches = 0     # Arrow path vs Python path (for tests and stats)
 
     def run_once(self, limit: int = CHUNK) -> int:
         """Fold up to `limit` events of each lagging partition; returns how many were folded."""
@@ -162,16 +165,30 @@ class Follower:
         if len(found) != len(keys):          # a row the log names is gone (retention): skip it
             have = dict(found)
             found = [(k, have[k]) for k in keys if k in have]
-        self.fold(part, decode_rows(found), top)
+        self.fold(part, found, top)
         return len(found)
 
-    def fold(self, part: Partition, rows: Rows, top: int) -> None:
-        """Fold decoded rows (keys, times, types, attrs), committed, in seq order, up to seq `top`."""
+    def segment(self, items: list[tuple[bytes, bytes]]) -> columns.Segment | None:
+        """The column segment of committed (row key, row value) pairs: Arrow's reader when it
+        can type the batch, else every row decoded in Python (telemetry/arrowseg.py says when)."""
+        if not items:
+            return None
+        keys = [k for k, _ in items]
+        times = np.frombuffer(b"".join(keys), ">u8")[::2].astype(np.int64)
+        seg = self.segmenter.segment(times, [v for _, v in items], self.d)
+        if seg is not None:
+            self.fast_batches += 1
+            return seg
+        self.slow_batches += 1
+        rows = decode_rows(items)
+        return columns.build_segment_parts(rows.times, rows.types, rows.attrs, self.d)
+
+    def fold(self, part: Partition, items: list[tuple[bytes, bytes]], top: int) -> None:
+        """Fold committed (row key, row value) pairs, in seq order, up to seq `top`."""
         d = self.d
-        keys = rows.keys
-        seg = columns.build_segment_parts(rows.times, rows.types, rows.attrs, d) if keys else None
+        seg = self.segment(items)
         deltas = rollups.compute(seg, self.dims, d) if seg is not None else {}
-        idx_items = index_items(seg, keys) if seg is not None else []
+        idx_items = index_items(seg, [k for k, _ in items]) if seg is not None else []
         d.commit()   # codes before anything that refers to them
         with part.derived.begin(write=True) as txn:
             raw = txn.get(WM, db=part.dinfo)

@@ -18,6 +18,7 @@ import base64
 import collections
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -110,6 +111,38 @@ class _Pending:
         self.future: concurrent.futures.Future[RecordResult] = concurrent.futures.Future()
         self.accepted = 0
         self.duplicates = 0
+
+
+class _Owners:
+    """Whose events a partition write holds: whole pendings (the common case, accounted per
+    pending), or one pending per event (a batch split across partitions)."""
+
+    __slots__ = ("whole", "per_event")
+
+    def __init__(self, whole: list[_Pending] | None, per_event: list[_Pending] | None) -> None:
+        self.whole, self.per_event = whole, per_event
+
+    def each(self) -> list[_Pending]:
+        """The owner of each event, in order."""
+        if self.per_event is None:
+            self.per_event = [p for p in self.whole or () for _ in p.events]
+        return self.per_event
+
+    def accept_all(self) -> None:
+        if self.whole is not None:
+            for p in self.whole:
+                p.accepted += len(p.events)
+            return
+        accepted: dict[_Pending, int] = {}
+        for o in self.per_event or ():
+            accepted[o] = accepted.get(o, 0) + 1
+        for o, n in accepted.items():
+            o.accepted += n
+
+
+_UNFRESH = Event.fresh.__set__          # type: ignore[attr-defined]  # the slot's C setter
+_FALSE = itertools.repeat(False)
+_consume = collections.deque(maxlen=0).extend
 
 
 class _RWLock:
@@ -448,9 +481,8 @@ class Store:
                     pass
 
     def _write(self, batch: list[_Pending]) -> None:
-        events = [e for p in batch for e in p.events]
-        owners = [p for p in batch for _ in p.events]
-        groups = self._group_by_partition(events, owners)
+        events = batch[0].events if len(batch) == 1 else [e for p in batch for e in p.events]
+        groups = self._group_by_partition(events, batch)
         handed = False
         try:
             for part, evs, own in groups:
@@ -468,12 +500,13 @@ class Store:
         if handed:
             self._nudge.set()
 
-    def _group_by_partition(self, events: list[Event], owners: list[_Pending]
-                            ) -> list[tuple[Partition, list[Event], list[_Pending]]]:
+    def _group_by_partition(self, events: list[Event], batch: list[_Pending]
+                            ) -> list[tuple[Partition, list[Event], _Owners]]:
         """(partition, its events, their pendings), in first-seen order.
 
         The common batch (a few seconds of one retention class) is one partition: that is
-        checked with a type set and the time range, not event by event.
+        checked with a type set and the time range, not event by event, and its owners are
+        the batch's pendings, whole (no per-event owner list).
         """
         types = {e.type for e in events}
         classes = {self._class_of.get(t) or self._class(t) for t in types}
@@ -481,7 +514,8 @@ class Store:
         if len(classes) == 1:
             part = self._partition(next(iter(classes)), min(times))
             if max(times) < part.name.end_us:
-                return [(part, events, owners)]
+                return [(part, events, _Owners(batch, None))]
+        owners = [p for p in batch for _ in p.events]
         groups: dict[str, tuple[Partition, list[Event], list[_Pending]]] = {}
         class_of = self._class_of
         cur: tuple[Partition, list[Event], list[_Pending]] | None = None
@@ -498,9 +532,9 @@ class Store:
                 cls, lo, hi = c, part.name.start_us, part.name.end_us
             cur[1].append(e)
             cur[2].append(o)
-        return list(groups.values())
+        return [(part, evs, _Owners(None, own)) for part, evs, own in groups.values()]
 
-    def _write_partition(self, part: Partition, events: list[Event], owners: list[_Pending]) -> None:
+    def _write_partition(self, part: Partition, events: list[Event], who: _Owners) -> None:
         """Commit one partition's share of a batch, counting accepted and duplicate events
         on their owners.
 
@@ -518,11 +552,11 @@ class Store:
                     stale = [ik for e, ik in zip(events, idkeys) if not e.fresh]
                     found = ids_cur.getmulti(sorted(set(stale))) if stale else []
                     if not found and len(set(idkeys)) == len(idkeys):
-                        keep, dups = events, []
+                        keep, dups, owners = events, [], None
                     else:
                         seen = {k for k, _ in found}
                         keep, kept_ids, kept_owners, dups = [], [], [], []
-                        for e, o, ik in zip(events, owners, idkeys):
+                        for e, o, ik in zip(events, who.each(), idkeys):
                             if ik in seen:
                                 dups.append(o)
                             else:
@@ -540,7 +574,9 @@ class Store:
                         cur = txn.cursor(part.rows)
                         last = cur.key() if cur.last() else b""
                         cur.putmulti(rows, append=rows[0][0] > last)
-                        ids_cur.putmulti(sorted(zip(idkeys, keys)))
+                        ids = sorted(zip(idkeys, keys))
+                        last_id = ids_cur.key() if ids_cur.last() else b""
+                        ids_cur.putmulti(ids, append=ids[0][0] > last_id)   # generated ids only grow
                         # the follower's feed, one entry per commit: first seq -> the row keys
                         # of seqs first.. in commit order (16 bytes each)
                         first = seq - len(keep) + 1
@@ -552,15 +588,18 @@ class Store:
             except lmdb.Error as e:
                 raise lmdb_error(e, part.events_path, part.events, "cannot write events to") from e
             self._seq = seq
-            accepted: dict[_Pending, int] = {}
-            for o in owners:          # the owners of kept events (runs of the same pending)
-                accepted[o] = accepted.get(o, 0) + 1
-            for o, n in accepted.items():
-                o.accepted += n
+            if owners is None:        # every event kept
+                who.accept_all()
+            else:
+                accepted: dict[_Pending, int] = {}
+                for o in owners:          # the owners of kept events (runs of the same pending)
+                    accepted[o] = accepted.get(o, 0) + 1
+                for o, n in accepted.items():
+                    o.accepted += n
             for o in dups:
                 o.duplicates += 1
-            for e in keep:
-                e.fresh = False      # committed: a retry of the same Event must be looked up
+            # committed: a retry of the same Event must be looked up (a C loop over the slot)
+            _consume(map(_UNFRESH, keep, _FALSE))
             return
 
     def _grow(self, part: Partition, cause: BaseException, env: lmdb.Environment | None = None) -> None:

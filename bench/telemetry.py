@@ -164,12 +164,23 @@ def ingest_portico(path: Path, total: int) -> dict:
     t_end = time.perf_counter()
     store.flush(600)
     lag = time.perf_counter() - t_end
+    follower_cpu = _child_cpu(store)
     mem.sample()
     mem.stop.set()
     out = {"store": store, "rate": acked / timed, "acked": acked, "catch_up": lag,
            "peak_anon": mem.peak_anon, "base_anon": base_anon, "peak_rss": mem.peak_rss,
-           "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+           "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "follower_cpu": follower_cpu}
     return out
+
+
+def _child_cpu(store: Store) -> float | None:
+    """CPU seconds the follower process has used (user + system), from /proc."""
+    child = getattr(store, "_child", None)
+    try:
+        fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (AttributeError, OSError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ingest_raw_lmdb(path: Path, total: int) -> float:
@@ -254,6 +265,10 @@ def run(total: int, work: Path, args: argparse.Namespace) -> int:
     store: Store = p.pop("store")
     print(f"  portico   {p['rate']:>10,.0f} ev/s acknowledged ({p['acked']:,} events); rollups/segments caught up "
           f"{p['catch_up']:.2f} s after the last ack")
+    if p["follower_cpu"]:
+        per = p["follower_cpu"] / p["acked"] * 1e6
+        print(f"  follower  {per:.1f} us CPU per event folded (segments, rollups, indexes): one core folds "
+              f"{1e6 / per:,.0f} ev/s")
     print(f"  memory    peak RSS {p['peak_rss'] / 2**20:.0f} MiB (incl. LMDB file pages), peak private "
           f"(anon) {p['peak_anon'] / 2**20:.0f} MiB, of which {p['base_anon'] / 2**20:.0f} MiB before ingest")
     gc.collect()

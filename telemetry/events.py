@@ -134,6 +134,35 @@ def new_id(time_us: int | None = None) -> str:
     return cache[1] + p[(ms >> 10) & 1023] + p[ms & 1023] + _ids.node + cache[3] + p[c & 1023]
 
 
+_CROCKFORD_VALUE = {c: i for i, c in enumerate(_CROCKFORD.encode())}
+
+
+def generated_id_ms(idkey: bytes) -> int | None:
+    """The millisecond a `new_id`-shaped id (26 Crockford symbols) names, else None.
+
+    make_event draws ids from the event's own time, so a generated id says where its row
+    is: the writer finds a stored generated id by scanning that millisecond's rows instead
+    of keeping an id index entry for every event (only supplied ids are indexed).
+    """
+    if len(idkey) != 26:
+        return None
+    ms = 0
+    value = _CROCKFORD_VALUE
+    for c in idkey[:10]:
+        v = value.get(c)
+        if v is None:
+            return None
+        ms = (ms << 5) | v
+    return ms if all(c in value for c in idkey[10:]) else None
+
+
+def row_has_id(value: bytes, idkey: bytes) -> bool:
+    """Whether the stored row `value` is the event with id `idkey` (ASCII), without decoding it."""
+    if value[:1] == b"{":
+        return value.startswith(b'{"i":"' + _id_json(idkey) + b'"')
+    return decode_row(bytes(KEY_LEN), value).id.encode() == idkey    # rows before 0.3
+
+
 def _reseed_ids() -> None:
     """After fork: new random parts, so parent and child never share a counter."""
     global _ids

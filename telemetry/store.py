@@ -20,6 +20,7 @@ import concurrent.futures
 import hashlib
 import itertools
 import json
+import operator
 import os
 import shutil
 import threading
@@ -36,7 +37,8 @@ from telemetry import follower, rollups
 from telemetry.dictionary import Dictionary
 from telemetry.errors import (EventError, QueryError, StoreClosedError, StoreError, StoreFullError,
                               StoreIOError, TelemetryError)
-from telemetry.events import KEY_LEN, Event, coerce_event, decode_row, encode_rows, row_key, split_key
+from telemetry.events import (KEY_LEN, Event, coerce_event, decode_row, encode_rows, generated_id_ms, row_has_id,
+                              row_key, split_key)
 from telemetry.partitions import (Partition, PartitionName, class_rule, lmdb_error, parse_name, period_of,
                                   retention_class, start_datetime)
 from telemetry.predicate import compile_all
@@ -140,6 +142,8 @@ class _Owners:
             o.accepted += n
 
 
+_ALL_EVENTS = frozenset({Event})
+_PACKED = operator.attrgetter("packed_attrs")
 _UNFRESH = Event.fresh.__set__          # type: ignore[attr-defined]  # the slot's C setter
 _FALSE = itertools.repeat(False)
 _consume = collections.deque(maxlen=0).extend
@@ -377,6 +381,9 @@ class Store:
         self._check_open()
         if self.readonly:
             raise StoreError(f"the store at {self.root} is open read-only")
+        if type(events) is list and _ALL_EVENTS >= set(map(type, events)) \
+                and None not in map(_PACKED, events):      # made by make_event: checked in C
+            return _Pending(list(events), [])
         good: list[Event] = []
         errors: list[tuple[int, str]] = []
         for i, item in enumerate(events):
@@ -550,11 +557,11 @@ class Store:
                     idkeys = [e.id.encode() for e in events]
                     # ids this process just generated cannot be stored yet: look up the others
                     stale = [ik for e, ik in zip(events, idkeys) if not e.fresh]
-                    found = ids_cur.getmulti(sorted(set(stale))) if stale else []
+                    found = self._stored_ids(txn, part, ids_cur, stale) if stale else set()
                     if not found and len(set(idkeys)) == len(idkeys):
                         keep, dups, owners = events, [], None
                     else:
-                        seen = {k for k, _ in found}
+                        seen = set(found)
                         keep, kept_ids, kept_owners, dups = [], [], [], []
                         for e, o, ik in zip(events, who.each(), idkeys):
                             if ik in seen:
@@ -574,9 +581,11 @@ class Store:
                         cur = txn.cursor(part.rows)
                         last = cur.key() if cur.last() else b""
                         cur.putmulti(rows, append=rows[0][0] > last)
-                        ids = sorted(zip(idkeys, keys))
-                        last_id = ids_cur.key() if ids_cur.last() else b""
-                        ids_cur.putmulti(ids, append=ids[0][0] > last_id)   # generated ids only grow
+                        if stale:    # supplied ids get an index entry; generated ones are found by time
+                            ids = sorted((ik, k) for e, ik, k in zip(keep, idkeys, keys) if not e.fresh)
+                            if ids:
+                                last_id = ids_cur.key() if ids_cur.last() else b""
+                                ids_cur.putmulti(ids, append=ids[0][0] > last_id)
                         # the follower's feed, one entry per commit: first seq -> the row keys
                         # of seqs first.. in commit order (16 bytes each)
                         first = seq - len(keep) + 1
@@ -601,6 +610,28 @@ class Store:
             # committed: a retry of the same Event must be looked up (a C loop over the slot)
             _consume(map(_UNFRESH, keep, _FALSE))
             return
+
+    @staticmethod
+    def _stored_ids(txn: Any, part: Partition, ids_cur: Any, idkeys: list[bytes]) -> set[bytes]:
+        """Which of `idkeys` the partition already holds: supplied ids through the id index,
+        generated ones (`new_id` shape) by scanning the rows of the millisecond they name."""
+        uniq = sorted(set(idkeys))
+        found = {k for k, _ in ids_cur.getmulti(uniq)}
+        rows = None
+        for ik in uniq:
+            ms = None if ik in found else generated_id_ms(ik)
+            if ms is None:
+                continue
+            rows = rows or txn.cursor(part.rows)
+            end = row_key(ms * 1000 + 1000, 0)
+            if rows.set_range(row_key(ms * 1000, 0)):
+                for k, v in rows:
+                    if k >= end:
+                        break
+                    if row_has_id(v, ik):
+                        found.add(ik)
+                        break
+        return found
 
     def _grow(self, part: Partition, cause: BaseException, env: lmdb.Environment | None = None) -> None:
         """Double a full map (up to max_map_size) with every reader paused."""

@@ -57,6 +57,23 @@ def test_generated_ids_stay_idempotent_on_retry_and_reimport(store):
     assert _count(store) == 30
 
 
+def test_generated_ids_are_found_among_many_events_of_their_millisecond(store):
+    """A stored generated id is found by scanning its millisecond's rows (it has no index
+    entry): the scan must find it among others and never mistake a neighbour for it."""
+    same_ms = [make_event("pageview", {"i": i}, time_us=int(T0.timestamp() * 1e6) + i % 1000) for i in range(300)]
+    assert store.record(same_ms).accepted == 300
+    r = store.record(same_ms[::7] + [make_event("pageview", {"i": -1}, time_us=same_ms[0].time_us)])
+    assert (r.accepted, r.duplicates) == (1, len(same_ms[::7]))
+    # a supplied id shaped like a generated one, at another time than the one it names
+    ulid = same_ms[3].id
+    r = store.record([make_event("pageview", {}, id=ulid[:-1] + ("0" if ulid[-1] != "0" else "1"),
+                                 time=T0 + timedelta(days=1))])
+    assert (r.accepted, r.duplicates) == (1, 0)
+    r = store.record([make_event("pageview", {}, id=ulid[:-1] + ("0" if ulid[-1] != "0" else "1"),
+                                 time=T0 + timedelta(days=1))])
+    assert (r.accepted, r.duplicates) == (0, 1)
+
+
 def test_submit_resolves_after_commit_and_many_callers_group_commit(store):
     futs = [store.submit([make_event("click", {"n": i}, time=T0)]) for i in range(300)]
     results = [f.result(10) for f in concurrent.futures.as_completed(futs)]

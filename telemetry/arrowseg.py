@@ -29,11 +29,13 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from telemetry.columns import Segment
+from telemetry.rollups import ACTOR_ATTRS, utf8_hash_table
 from telemetry.dictionary import Dictionary
 
 MAX_BLOCK = 1 << 30          # Arrow's reader takes the whole batch as one block (consistent types)
 _ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 _ITEM_TYPES = (pa.types.is_string, pa.types.is_int64, pa.types.is_boolean)
+HASHED = frozenset(ACTOR_ATTRS) | {"session"}   # columns whose value hashes rollups and indexes need
 
 
 class Unsupported(Exception):
@@ -120,19 +122,38 @@ def _build(times: np.ndarray, table: pa.Table, n: int, d: Dictionary) -> Segment
     cols: dict[str, np.ndarray] = {"@t": np.asarray(times, np.int64),
                                    "@y": tcodes[de.indices.to_numpy(zero_copy_only=False)]}
     dicts: dict[str, list[Any]] = {}
+    hashes: dict[str, np.ndarray] = {}
     a = table.column("a").combine_chunks()
     if a.null_count:
         raise Unsupported("a row without attributes")
     for i, f in enumerate(a.type):
+        if f.name in HASHED and pa.types.is_string(f.type) and a.field(i).null_count < n:
+            codes, values, dictionary = _codes_dict(a.field(i))
+            cols["c:" + f.name], dicts["c:" + f.name] = codes, values
+            hashes["c:" + f.name] = utf8_hash_table(*_utf8_parts(dictionary))
+            continue
         _add(f.name, a.field(i), n, cols, dicts, top=True)
-    return Segment(n, cols, dicts)
+    return Segment(n, cols, dicts, hashes)
+
+
+def _utf8_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and UTF-8 bytes of a string array, as numpy views of Arrow's buffers."""
+    _, offsets, data = arr.buffers()
+    off = np.frombuffer(offsets, np.int32, count=len(arr) + 1, offset=arr.offset * 4)
+    return off, (np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8))
+
+
+def _codes_dict(arr: pa.Array) -> tuple[np.ndarray, list[Any], pa.Array]:
+    """Local codes (1..k, 0 = missing), the values they stand for, and those as Arrow."""
+    de = pc.dictionary_encode(arr)
+    codes = pc.fill_null(pc.add(de.indices.cast(pa.uint32()), pa.scalar(1, pa.uint32())), 0)
+    return (codes.to_numpy(zero_copy_only=False).astype(np.uint32, copy=False), de.dictionary.to_pylist(),
+            de.dictionary)
 
 
 def _codes(arr: pa.Array) -> tuple[np.ndarray, list[Any]]:
-    """Local codes (1..k, 0 = missing) and the values they stand for."""
-    de = pc.dictionary_encode(arr)
-    codes = pc.fill_null(pc.add(de.indices.cast(pa.uint32()), pa.scalar(1, pa.uint32())), 0)
-    return codes.to_numpy(zero_copy_only=False).astype(np.uint32, copy=False), de.dictionary.to_pylist()
+    codes, values, _ = _codes_dict(arr)
+    return codes, values
 
 
 def _floats(arr: pa.Array) -> np.ndarray:

@@ -34,12 +34,15 @@ _SEG = struct.Struct(">Q")
 class Segment:
     """Columns of n events (in memory); `dicts` holds the local dictionary of each c:/m: column."""
 
-    __slots__ = ("n", "cols", "dicts")
+    __slots__ = ("n", "cols", "dicts", "hashes")
 
-    def __init__(self, n: int, cols: dict[str, np.ndarray], dicts: dict[str, list[Any]]) -> None:
+    def __init__(self, n: int, cols: dict[str, np.ndarray], dicts: dict[str, list[Any]],
+                 hashes: dict[str, np.ndarray] | None = None) -> None:
         self.n = n
         self.cols = cols
         self.dicts = dicts
+        # in memory only: code -> 64-bit value hash tables (rollups.column_hashes), computed once
+        self.hashes: dict[str, np.ndarray] = hashes if hashes is not None else {}
 
     @property
     def tmin(self) -> int:

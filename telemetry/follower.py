@@ -104,7 +104,7 @@ def index_items(seg: columns.Segment, keys: list[bytes]) -> list[tuple[bytes, by
         rows = np.flatnonzero(c)
         if not len(rows):
             continue
-        hashes = rollups.hash_table(seg.dicts.get("c:" + name, [])).astype(">u8")[c[rows]]
+        hashes = rollups.column_hashes(seg, name).astype(">u8")[c[rows]]
         m = np.empty((len(rows), IDX_ITEM), np.uint8)
         m[:, 0] = tag[0]
         m[:, 1:9] = hashes.view(np.uint8).reshape(len(rows), 8)

@@ -18,6 +18,7 @@ approximate.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -74,14 +75,49 @@ def hash_table(values: list[Any]) -> np.ndarray:
     return np.concatenate([np.zeros(1, np.uint64), hash_values(values)])
 
 
-def actor_hashes(cols: dict[str, np.ndarray], dicts: dict[str, list[Any]], n: int) -> np.ndarray:
+def utf8_hash_table(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """hash_table of strings given as UTF-8 bytes `data` cut at `offsets` (Arrow's layout),
+    with no Python object per string: FNV-1a runs one byte position at a time over the
+    strings still that long (sorted longest first, so those are a prefix)."""
+    lens = np.diff(offsets).astype(np.int64)
+    k = len(lens)
+    if not k:
+        return np.zeros(1, np.uint64)
+    order = np.argsort(-lens, kind="stable")
+    starts = offsets[:-1].astype(np.int64)[order]
+    slen = lens[order]
+    seed = ((int(_FNV_OFFSET) ^ ord("s")) * int(_FNV_PRIME)) % (1 << 64)    # the tag byte "s"
+    h = np.full(k, seed, np.uint64)
+    live = k
+    with np.errstate(over="ignore"):
+        for j in range(int(slen[0])):
+            while slen[live - 1] <= j:
+                live -= 1
+            h[:live] = (h[:live] ^ data[starts[:live] + j].astype(np.uint64)) * _FNV_PRIME
+    h[h == 0] = 1
+    out = np.zeros(k + 1, np.uint64)
+    out[1:][order] = h
+    return out
+
+
+def column_hashes(seg: Segment, name: str) -> np.ndarray:
+    """The code -> hash table of the segment's c:`name` column (cached on the segment)."""
+    key = "c:" + name
+    table = seg.hashes.get(key)
+    if table is None:
+        table = seg.hashes[key] = hash_table(seg.dicts.get(key, []))
+    return table
+
+
+def actor_hashes(cols: dict[str, np.ndarray], dicts: dict[str, list[Any]], n: int,
+                 seg: Segment | None = None) -> np.ndarray:
     """Per-row hash of the actor: attrs.user, else attrs.visitor (0 = none)."""
     actor = np.zeros(n, np.uint64)
     for name in reversed(ACTOR_ATTRS):
         c = cols.get("c:" + name)
         if c is not None:
-            h = hash_table(dicts.get("c:" + name, []))[c]
-            actor = np.where(c != 0, h, actor)
+            table = column_hashes(seg, name) if seg is not None else hash_table(dicts.get("c:" + name, []))
+            actor = np.where(c != 0, table[c], actor)
     return actor
 
 
@@ -111,15 +147,36 @@ DAY_SLOTS = 96
 V_DIMS = frozenset({"org", "project", "status", "cache", "group", "country", "campaign"})
 
 
-def _pair_counts(group: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique (group, code) pairs sorted, with their counts."""
-    order = np.lexsort((code, group))
-    g, c = group[order], code[order]
-    brk = np.ones(len(g), bool)
-    brk[1:] = (g[1:] != g[:-1]) | (c[1:] != c[:-1])
-    starts = np.flatnonzero(brk)
-    cnt = np.diff(np.append(starts, len(g))).astype(np.uint64)
-    return g[starts], c[starts], cnt
+def _pair_counts(groups: np.ndarray, ginv: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique (group, code) pairs sorted, with their counts; `ginv` indexes the sorted unique
+    `groups` (np.unique's inverse, computed once per batch). One integer key per row, counted
+    with bincount when the key space is small, else sorted once (not a two-key lexsort)."""
+    k = int(code.max()) + 1
+    key = ginv.astype(np.int64) * k + code
+    if len(groups) * k <= max(1 << 16, 4 * len(key)):      # a small count array
+        counts = np.bincount(key, minlength=len(groups) * k)
+        keys = np.flatnonzero(counts)
+        cnt = counts[keys]
+    else:
+        keys, cnt = np.unique(key, return_counts=True)
+    return groups[keys // k], (keys % k).astype(code.dtype), cnt.astype(np.uint64)
+
+
+_V_KEY = np.dtype([("tag", "S1"), ("dim", ">u4"), ("code", ">u4"), ("type", ">u4"), ("slot", ">u4")])
+
+
+def _value_keys(dim_code: int, g: np.ndarray, c: np.ndarray) -> list[bytes]:
+    """b"v" + dim + code + type + slot keys for (type<<32|slot, code) pairs, built as one
+    numpy record array (no Python work per key but the final slicing)."""
+    rec = np.empty(len(c), _V_KEY)
+    rec["tag"] = b"v"
+    rec["dim"] = dim_code
+    rec["code"] = c
+    rec["type"] = g >> 32
+    rec["slot"] = g & 0xFFFFFFFF
+    raw = rec.tobytes()
+    w = _V_KEY.itemsize
+    return [raw[i:i + w] for i in range(0, len(raw), w)]
 
 
 def _runs(g: np.ndarray) -> list[tuple[int, int, int]]:
@@ -144,7 +201,8 @@ def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dic
     types = cols["@y"].astype(np.int64)
     ts = (types << 32) | slots                       # (type, slot) in one int64
     tday = (types << 32) | (slots // DAY_SLOTS)      # (type, day)
-    uk, counts = np.unique(ts, return_counts=True)
+    uk, ts_inv, counts = np.unique(ts, return_inverse=True, return_counts=True)
+    ud, day_inv = np.unique(tday, return_inverse=True)
     for k, c in zip(uk.tolist(), counts.tolist()):
         out[b"t" + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("t", c)
     for dim_code, name in dims:
@@ -155,17 +213,15 @@ def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dic
         if not m.any():
             continue
         dim_b = dim_code.to_bytes(4, "big")
-        g, c, cnt = _pair_counts(ts[m], col[m])
+        g, c, cnt = _pair_counts(uk, ts_inv[m], col[m])
         for k, s, e in _runs(g):
-            tb, sb = (k >> 32).to_bytes(4, "big"), (k & 0xFFFFFFFF).to_bytes(4, "big")
-            out[b"c" + dim_b + tb + sb] = ("c", (c[s:e], cnt[s:e]))
-            if name in V_DIMS:
-                for code, n in zip(c[s:e].tolist(), cnt[s:e].tolist()):
-                    out[b"v" + dim_b + code.to_bytes(4, "big") + tb + sb] = ("v", n)
-        g, c, cnt = _pair_counts(tday[m], col[m])
+            out[b"c" + dim_b + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("c", (c[s:e], cnt[s:e]))
+        if name in V_DIMS:
+            out.update(zip(_value_keys(dim_code, g, c), zip(itertools.repeat("v"), cnt.tolist())))
+        g, c, cnt = _pair_counts(ud, day_inv[m], col[m])
         for k, s, e in _runs(g):
             out[b"C" + dim_b + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("C", (c[s:e], cnt[s:e]))
-    actor = actor_hashes(cols, seg.dicts, seg.n)
+    actor = actor_hashes(cols, seg.dicts, seg.n, seg)
     m = actor != 0
     if m.any():
         sel_a = actor[m]
@@ -207,13 +263,18 @@ def merge_into(txn: Any, db: Any, deltas: dict[bytes, tuple[str, Any]]) -> None:
     """Add deltas to the stored rollups (read-modify-write in the follower's transaction)."""
     items = []
     get = txn.get
-    for key in sorted(deltas):
+    keys = sorted(deltas)
+    counters = [k for k in keys if k[:1] in b"tv"]
+    old_counts = dict(txn.cursor(db=db).getmulti(counters)) if counters else {}
+    for key in keys:
         kind, val = deltas[key]
-        old = get(key, db=db)
         if kind == "t" or kind == "v":
+            old = old_counts.get(key)
             total = val + (int.from_bytes(old, "little") if old is not None else 0)
             items.append((key, total.to_bytes(8, "little")))
-        elif kind == "c" or kind == "C":
+            continue
+        old = get(key, db=db)
+        if kind == "c" or kind == "C":
             codes, counts = val
             if old is None:
                 items.append((key, codes.astype(np.uint32).tobytes() + counts.astype(np.uint32).tobytes()))

@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telemetry import columns
+from telemetry import columns, rollups
 from telemetry.arrowseg import JsonSegmenter
 from telemetry.dictionary import Dictionary
 from telemetry.events import encode_rows, make_event
@@ -95,3 +95,17 @@ def test_batches_arrow_cannot_type_take_the_python_path(tmp_path):
     assert both(floats_in_list, d)[0] is None
     old_rows = [msgpack.packb(["01OLD", "x", {"a": 1}], use_bin_type=True)]
     assert JsonSegmenter().segment(np.array([1]), old_rows, d) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=12), min_size=1, max_size=30))
+def test_value_hashes_from_arrow_buffers_equal_the_python_ones(tmp_path_factory, users):
+    """Rollups and the user/session index hash values; the Arrow path hashes the UTF-8
+    buffers directly and must give the very same 64-bit hashes."""
+    d = Dictionary(tmp_path_factory.mktemp("d") / "dict.lmdb", sync=False)
+    events = [make_event("x", {"user": u, "session": u + "!"}, time_us=1_000_000) for u in users]
+    rows = encode_rows(events, [e.id.encode() for e in events])
+    seg = JsonSegmenter().segment(np.array([1_000_000] * len(events)), rows, d)
+    assert seg is not None and {"c:user", "c:session"} <= seg.hashes.keys()
+    for name in ("c:user", "c:session"):
+        assert seg.hashes[name].tolist() == rollups.hash_table(seg.dicts[name]).tolist()

@@ -11,6 +11,7 @@ point loses nothing: the next run continues from the watermark.
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import time
 import traceback
@@ -92,10 +93,11 @@ def decode_rows(items: list[tuple[bytes, bytes]]) -> Rows:
 IDX_ITEM = 1 + 8 + KEY_LEN       # tag, value hash, row key
 
 
-def index_items(seg: columns.Segment, keys: list[bytes]) -> list[tuple[bytes, bytes]]:
+def index_items(seg: columns.Segment, key_blob: bytes) -> list[tuple[bytes, bytes]]:
     """Sorted key-only index entries tag + hash(value) + row key for users (b"u") and sessions
-    (b"s"), built as one numpy byte matrix and sorted as fixed-width records (memcmp order)."""
-    key_mat = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), KEY_LEN)
+    (b"s"), built as one numpy byte matrix and sorted as fixed-width records (memcmp order).
+    `key_blob`: the segment's row keys, concatenated in row order."""
+    key_mat = np.frombuffer(key_blob, np.uint8).reshape(len(key_blob) // KEY_LEN, KEY_LEN)
     parts = []
     for tag, name in ((b"u", "user"), (b"s", "session")):
         c = seg.cols.get("c:" + name)
@@ -113,8 +115,7 @@ def index_items(seg: columns.Segment, keys: list[bytes]) -> list[tuple[bytes, by
     if not parts:
         return []
     recs = np.sort(np.ascontiguousarray(np.concatenate(parts)).view(f"V{IDX_ITEM}").ravel())
-    raw = recs.tobytes()
-    return [(raw[i:i + IDX_ITEM], b"") for i in range(0, len(raw), IDX_ITEM)]
+    return list(zip(recs.tolist(), itertools.repeat(b"")))
 
 
 class Follower:
@@ -147,7 +148,8 @@ class Follower:
         wm = watermark(part)
         if top_seq(part) <= wm:
             return 0
-        keys: list[bytes] = []
+        entries: list[bytes] = []
+        n = 0
         top = wm
         with part.events.begin() as txn:
             cur = txn.cursor(part.log)
@@ -155,40 +157,45 @@ class Follower:
                 # each entry: first seq -> the row keys of one commit (whole commits are folded,
                 # so the watermark always ends an entry)
                 for seq_b, packed in cur:
-                    keys.extend([packed[i:i + KEY_LEN] for i in range(0, len(packed), KEY_LEN)])
+                    entries.append(packed)
+                    n += len(packed) // KEY_LEN
                     top = int.from_bytes(seq_b, "big") + len(packed) // KEY_LEN - 1
-                    if len(keys) >= limit:
+                    if n >= limit:
                         break
+            key_blob = b"".join(entries)
+            keys = np.frombuffer(key_blob, f"V{KEY_LEN}").tolist()    # bytes each, split in C
             found = txn.cursor(part.rows).getmulti(keys)
         if top == wm:
             return 0
         if len(found) != len(keys):          # a row the log names is gone (retention): skip it
             have = dict(found)
-            found = [(k, have[k]) for k in keys if k in have]
-        self.fold(part, found, top)
+            keys = [k for k in keys if k in have]
+            key_blob = b"".join(keys)
+            found = [(k, have[k]) for k in keys]
+        self.fold(part, key_blob, [v for _, v in found], top)
         return len(found)
 
-    def segment(self, items: list[tuple[bytes, bytes]]) -> columns.Segment | None:
-        """The column segment of committed (row key, row value) pairs: Arrow's reader when it
-        can type the batch, else every row decoded in Python (telemetry/arrowseg.py says when)."""
-        if not items:
+    def segment(self, key_blob: bytes, values: list[bytes]) -> columns.Segment | None:
+        """The column segment of committed rows (their keys concatenated, their values): Arrow's
+        reader when it can type the batch, else every row decoded in Python (arrowseg says when)."""
+        if not values:
             return None
-        keys = [k for k, _ in items]
-        times = np.frombuffer(b"".join(keys), ">u8")[::2].astype(np.int64)
-        seg = self.segmenter.segment(times, [v for _, v in items], self.d)
+        times = np.frombuffer(key_blob, ">u8")[::2].astype(np.int64)
+        seg = self.segmenter.segment(times, values, self.d)
         if seg is not None:
             self.fast_batches += 1
             return seg
         self.slow_batches += 1
-        rows = decode_rows(items)
+        keys = np.frombuffer(key_blob, f"V{KEY_LEN}").tolist()
+        rows = decode_rows(list(zip(keys, values)))
         return columns.build_segment_parts(rows.times, rows.types, rows.attrs, self.d)
 
-    def fold(self, part: Partition, items: list[tuple[bytes, bytes]], top: int) -> None:
-        """Fold committed (row key, row value) pairs, in seq order, up to seq `top`."""
+    def fold(self, part: Partition, key_blob: bytes, values: list[bytes], top: int) -> None:
+        """Fold committed rows (keys concatenated in seq order, values), up to seq `top`."""
         d = self.d
-        seg = self.segment(items)
+        seg = self.segment(key_blob, values)
         deltas = rollups.compute(seg, self.dims, d) if seg is not None else {}
-        idx_items = index_items(seg, [k for k, _ in items]) if seg is not None else []
+        idx_items = index_items(seg, key_blob) if seg is not None else []
         d.commit()   # codes before anything that refers to them
         with part.derived.begin(write=True) as txn:
             raw = txn.get(WM, db=part.dinfo)

@@ -229,8 +229,11 @@ def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dic
         for tag, sel in ((b"u", ts[m]), (b"u", slots[m]), (b"U", slots[m] // DAY_SLOTS)):
             order = np.lexsort((sel_a, sel))
             sg, sa = sel[order], sel_a[order]
+            first = np.ones(len(sg), bool)              # distinct (group, actor) pairs, in one pass
+            first[1:] = (sg[1:] != sg[:-1]) | (sa[1:] != sa[:-1])
+            sg, sa = sg[first], sa[first]
             for k, s, e in _runs(sg):
-                out[tag + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("u", np.unique(sa[s:e]))
+                out[tag + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("u", sa[s:e])
     return out
 
 

@@ -33,6 +33,9 @@ IDLE_SLEEP = 0.02                        # seconds between polls when idle
 GATHER = 0.1                             # wait this long for a small backlog to grow
 TAIL_MERGE = columns.SEG_ROWS // 4       # a tail segment smaller than this absorbs the next chunk
 GC_EVERY = 5.0                           # seconds between explicit collections while busy
+# The follower yields the CPU to the writer and to whatever serves requests in the parent
+# (the gateway): acknowledgements never wait for rollups; rollups use what is left over.
+FOLLOWER_NICE = 10
 DERIVED_MAP = 1 << 36                    # map size of derived files (64 GiB of address space, sparse)
 WM = b"wm"
 TAIL = b"tail"
@@ -262,6 +265,10 @@ def child_main(root: str, dimensions: tuple[str, ...], sync: bool, derived_map: 
     """Entry point of the follower process: fold until the parent says stop or goes away."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when we stop
+    try:
+        os.nice(FOLLOWER_NICE)
+    except OSError:
+        pass
     try:
         d = Dictionary(Path(root) / "dict.lmdb", sync=sync)
         reg = _Registry(Path(root) / "p", sync, derived_map)

@@ -1,21 +1,29 @@
 """Several addons as one entry in mitmproxy's addon chain.
 
-Not an addon of its own: proxy/tracking_setup.py wraps the tracking addons in two bundles
-(the endpoints + HTML editor, placed before Endpoints; the recorder + access log, placed
-last).
+Not an addon of its own: proxy/tracking_setup.py wraps the tracking addons in bundles and
+proxy/pipeline.py joins them with Endpoints into one chain entry (`chain_entry`).
 
 Why: mitmproxy dispatches every event (requestheaders, request, responseheaders,
-response, server_connect, ...) to every entry of its chain through a `safecall` context
-manager, a coroutine and two generators, whether or not the addon has that hook. Measured
-on the gateway: ~12 us of CPU per request for each entry, even an empty one; six tracking
-entries cost ~10% of the gateway's throughput before doing any work. A bundle is one
-entry: it calls its parts' hooks directly, in order, and only the hooks they define.
+response, and an `update` after each of them, server_connect, ...) to every entry of its
+chain through a `safecall` context manager, a coroutine and two generators, whether or
+not the addon has that hook. Measured on the gateway: ~12 us of CPU per request for each
+entry, even an empty one; six tracking entries cost ~10% of the gateway's throughput
+before doing any work. A bundle is one entry: it calls its parts' hooks directly, in
+order, and only the hooks they define.
 
-Parts keep their own hook methods (unit tests call them directly). `visible` parts are
-also exposed to mitmproxy as child addons, so `master.addons.get(name)` finds them and
-mitmproxy itself calls their hooks (after the bundle's); use that for a part other code
-looks up by name, not for the hot ones. A part with a hook the bundle doesn't forward is
-refused at construction, so nothing is silently dropped.
+- Parts keep their own hook methods (unit tests call them directly).
+- `visible` parts are called like the others (after `parts`) and are also registered
+  with mitmproxy under their addon name when the bundle loads, so
+  `master.addons.get(name)` finds them (the gRPC outreach service looks for "outreach").
+  They are not child addons: a child is one more object mitmproxy walks on every event.
+- `after_chain` parts (the recorders) have their `response`/`error` hooks called when
+  mitmproxy sends the flow's next `update`, which it does once the whole chain has run
+  that hook (`AddonManager.handle_lifecycle`). So a bundle early in the chain still
+  records each flow as the last addon would: after the cache, the guards and every
+  other response hook, without an entry of its own at the end of the chain.
+- A part with a hook the bundle doesn't forward (or an `after_chain` part with a
+  `request` hook, which can't be deferred) is refused at construction, so nothing is
+  silently dropped or reordered.
 """
 
 from __future__ import annotations
@@ -27,36 +35,106 @@ from typing import Any
 import mitmproxy.addonmanager  # noqa: F401 - these imports register mitmproxy's hook names
 import mitmproxy.proxy.layers  # noqa: F401
 import mitmproxy.proxy.server_hooks  # noqa: F401
-from mitmproxy import hooks
+from mitmproxy import exceptions, hooks
 
 FORWARDED = ("request", "response", "error", "running", "done")
+DEFERRED = ("response", "error")
+# flow.metadata key: which after_chain hook is due at the flow's next `update`
+_DUE = "portico.bundle.due"
 
 
 class BundleError(ValueError):
     """A part defines a hook the bundle does not forward (names the part and the hook)."""
 
 
+def addon_name(addon: Any) -> str:
+    """The name mitmproxy registers an addon under: its `name`, else its lower-case class name."""
+    return getattr(addon, "name", type(addon).__name__.lower())
+
+
 class Bundle:
     """Calls the hooks of `parts` as one mitmproxy addon (see the module docstring)."""
 
-    def __init__(self, name: str, parts: Sequence[Any], visible: Sequence[Any] = ()) -> None:
+    def __init__(self, name: str, parts: Sequence[Any], visible: Sequence[Any] = (),
+                 after_chain: Sequence[Any] = (), *, named: Sequence[Any] = ()) -> None:
+        """`visible` are called after `parts` and registered by name; `named` (among `parts`
+        or `after_chain`, in their place) are registered by name too."""
         self.name = name  # mitmproxy registers addons by `name`
-        self.parts = tuple(parts)
-        if visible:
-            self.addons = list(visible)  # mitmproxy's convention for child addons
+        self.parts = (*parts, *visible)
+        self.visible = tuple(visible)
+        self.registered = (*named, *visible)
+        self.after_chain = tuple(after_chain)
         known = set(hooks.all_hooks)
-        for part in self.parts:
+        for part in (*self.parts, *self.after_chain):
+            if isinstance(part, Bundle):
+                raise BundleError(f"bundle {name!r}: a part is the bundle {part.name!r}; use chain_entry() "
+                                  "to join bundles")
             for hook in known - set(FORWARDED):
                 if callable(getattr(part, hook, None)):
                     raise BundleError(f"{type(part).__name__}.{hook}: the bundle forwards only "
                                       f"{', '.join(FORWARDED)}; add the part to the chain itself")
+        for part in self.after_chain:
+            if callable(getattr(part, "request", None)):
+                raise BundleError(f"{type(part).__name__}.request: an after_chain part can't have a request "
+                                  "hook (only response/error are deferred); add it to the chain itself")
+        everyone = (*self.parts, *self.after_chain)
         self._hooks: dict[str, tuple[Callable[..., Any], ...]] = {
-            hook: tuple(getattr(p, hook) for p in self.parts if callable(getattr(p, hook, None))) for hook in FORWARDED}
+            hook: tuple(getattr(p, hook) for p in (self.parts if hook in DEFERRED else everyone)
+                        if callable(getattr(p, hook, None)))
+            for hook in FORWARDED}
+        self._due: dict[str, tuple[Callable[..., Any], ...]] = {
+            hook: tuple(getattr(p, hook) for p in self.after_chain if callable(getattr(p, hook, None)))
+            for hook in DEFERRED}
+        if any(self._due.values()):
+            self.update = self._update  # only then: mitmproxy calls `update` after every flow event
 
-    def _call(self, hook: str, *args: Any) -> Awaitable[None] | None:
-        """Call the parts' `hook` in order; if one returns an awaitable, return a coroutine that
-        awaits it and then calls the rest (mitmproxy awaits what a hook returns)."""
-        funcs = self._hooks[hook]
+    # --- mitmproxy hooks -----------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        """Register the visible and named parts by name (mitmproxy registers the bundle itself)."""
+        lookup = loader.master.addons.lookup
+        for part in self.registered:
+            name = addon_name(part)
+            if name in lookup:
+                raise exceptions.AddonManagerError(f"An addon called '{name}' already exists.")
+            lookup[name] = part
+
+    def request(self, flow: Any) -> Awaitable[None] | None:
+        return self._call(self._hooks["request"], (flow,))
+
+    def response(self, flow: Any) -> Awaitable[None] | None:
+        if self._due["response"]:
+            flow.metadata[_DUE] = "response"
+        return self._call(self._hooks["response"], (flow,))
+
+    def error(self, flow: Any) -> Awaitable[None] | None:
+        if self._due["error"]:
+            flow.metadata[_DUE] = "error"
+        return self._call(self._hooks["error"], (flow,))
+
+    def running(self) -> Awaitable[None] | None:
+        return self._call(self._hooks["running"], ())
+
+    def done(self) -> Awaitable[None] | None:
+        return self._call(self._hooks["done"], ())
+
+    def _update(self, flows: Sequence[Any]) -> Awaitable[None] | None:
+        """The after_chain parts' deferred hook for each flow that has one due."""
+        pending: list[Awaitable[Any]] = []
+        for flow in flows:
+            metadata = getattr(flow, "metadata", None)
+            hook = metadata.pop(_DUE, None) if metadata else None
+            if hook is not None:
+                result = self._call(self._due[hook], (flow,))
+                if result is not None:
+                    pending.append(result)
+        return self._gather(pending) if pending else None
+
+    # --- calling ---------------------------------------------------------------------------
+
+    def _call(self, funcs: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> Awaitable[None] | None:
+        """Call `funcs` in order; if one returns an awaitable, return a coroutine that awaits
+        it and then calls the rest (mitmproxy awaits what a hook returns)."""
         for i, func in enumerate(funcs):
             result = func(*args)
             if result is not None and inspect.isawaitable(result):
@@ -71,17 +149,35 @@ class Bundle:
             if result is not None and inspect.isawaitable(result):
                 await result
 
-    def request(self, flow: Any) -> Awaitable[None] | None:
-        return self._call("request", flow)
+    @staticmethod
+    async def _gather(pending: list[Awaitable[Any]]) -> None:
+        for item in pending:
+            await item
 
-    def response(self, flow: Any) -> Awaitable[None] | None:
-        return self._call("response", flow)
 
-    def error(self, flow: Any) -> Awaitable[None] | None:
-        return self._call("error", flow)
-
-    def running(self) -> Awaitable[None] | None:
-        return self._call("running")
-
-    def done(self) -> Awaitable[None] | None:
-        return self._call("done")
+def chain_entry(name: str, entries: Sequence[Any], after_chain: Sequence[Any] = ()) -> Any:
+    """One chain entry for `entries` (addons or bundles, called in this order) plus the
+    `after_chain` addons or bundles (their response/error deferred to the flow's `update`,
+    see the module docstring). Every part stays findable by its addon name, as it was as an
+    entry of its own. A single plain addon without after_chain is returned as it is.
+    """
+    if len(entries) == 1 and not after_chain and not isinstance(entries[0], Bundle):
+        return entries[0]
+    parts: list[Any] = []
+    late: list[Any] = []
+    for entry in entries:
+        if isinstance(entry, Bundle):  # its parts in their order (visible ones last, as before)
+            parts += entry.parts
+            late += entry.after_chain
+        else:
+            parts.append(entry)
+    for entry in after_chain:
+        if isinstance(entry, Bundle):
+            late += [*entry.parts, *entry.after_chain]
+        else:
+            late.append(entry)
+    names = [addon_name(p) for p in (*parts, *late)]
+    duplicate = next((n for n in names if names.count(n) > 1 or n == name), None)
+    if duplicate is not None:
+        raise BundleError(f"chain entry {name!r}: two addons are called {duplicate!r}")
+    return Bundle(name, parts, after_chain=late, named=[*parts, *late])

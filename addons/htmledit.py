@@ -32,6 +32,7 @@ from functools import lru_cache
 
 from mitmproxy import http
 from mitmproxy.net import encoding
+from mitmproxy.http import Headers
 from mitmproxy.net.http.headers import infer_content_encoding, parse_content_type
 
 from addons import metadata
@@ -84,6 +85,7 @@ class HtmlEdit:
         self.editors = tuple(editors)
         self.max_bytes = max_bytes
         self._memo: OrderedDict[tuple[object, ...], tuple[bytes | None, list[str] | None]] = OrderedDict()
+        self._by_route: dict[object, tuple[list[HtmlEditor], tuple[int, ...]]] = {}
 
     def response(self, flow: http.HTTPFlow) -> None:
         resp, md = flow.response, flow.metadata
@@ -92,7 +94,10 @@ class HtmlEdit:
         if md.get(metadata.LISTENER) != "reverse" or md.get(metadata.BLOCKED_BY):
             return
         route = md.get(metadata.ROUTE)
-        editors = [e for e in self.editors if "*" in e.routes or route in e.routes]
+        chosen = self._by_route.get(route)
+        if chosen is None:
+            chosen = self._editors_for(route)
+        editors, editor_ids = chosen
         raw = resp.raw_content
         if not editors or raw is None or len(raw) > self.max_bytes:
             return
@@ -107,7 +112,7 @@ class HtmlEdit:
                     cenc = text.strip().lower()
                 elif key == b"content-security-policy":
                     csp.append(text)
-                else:
+                elif key == b"transfer-encoding":
                     te = text
         if not ctype[:9].lower() == "text/html":
             return
@@ -116,7 +121,7 @@ class HtmlEdit:
         host = md.get(metadata.ORIGINAL_HOST, "")
         key: tuple[object, ...] | None = None
         if len(raw) <= MEMO_MAX_BODY:
-            key = (hashlib.blake2b(raw, digest_size=16).digest(), len(raw), tuple(id(e) for e in editors),
+            key = (hashlib.blake2b(raw, digest_size=16).digest(), len(raw), editor_ids,
                    host, path, method, ctype, cenc, tuple(csp))
             hit = self._memo.get(key)
             if hit is not None:
@@ -130,6 +135,14 @@ class HtmlEdit:
             if len(self._memo) > MEMO_ENTRIES:
                 self._memo.popitem(last=False)
         self._apply(resp, result[0], result[1], te)
+
+    def _editors_for(self, route: object) -> tuple[list[HtmlEditor], tuple[int, ...]]:
+        """The editors configured for `route` (and their ids, for the memo key), remembered per route."""
+        editors = [e for e in self.editors if "*" in e.routes or route in e.routes]
+        chosen = self._by_route[route] = (editors, tuple(id(e) for e in editors))
+        if len(self._by_route) > 1024:  # routes are few; never grow without bound
+            self._by_route.clear()
+        return chosen
 
     def _edit(self, resp: http.Response, raw: bytes, editors: list[HtmlEditor], ctype: str, cenc: str,
               csp: list[str], host: str, path: str, method: str, rid: str) -> tuple[bytes | None, list[str] | None]:
@@ -172,6 +185,19 @@ class HtmlEdit:
         if raw is not None:
             resp.raw_content = raw
             if not transfer_encoding:  # with Transfer-Encoding there is no Content-Length to fix
-                resp.headers["content-length"] = str(len(raw))
+                _set_content_length(resp.headers, len(raw))
         if csp is not None:
             resp.headers.set_all("content-security-policy", csp)
+
+
+def _set_content_length(headers: Headers, length: int) -> None:
+    """`headers["content-length"] = str(length)` in one pass over the fields (Headers'
+    __setitem__ lower-cases and compares every field twice)."""
+    value = str(length).encode()
+    fields = headers.fields
+    for i, (name, _) in enumerate(fields):
+        if name.lower() == b"content-length":
+            headers.fields = (*fields[:i], (name, value),
+                              *(f for f in fields[i + 1:] if f[0].lower() != b"content-length"))
+            return
+    headers.fields = (*fields, (b"content-length", value))

@@ -11,10 +11,10 @@ an `outbound` event (from page, target host and path, visitor) and answers 302 t
 target. The signature covers target and page: a missing, tampered or foreign signature
 gets 400, so the endpoint is never an open redirect. HtmlEdit undoes and redoes the
 Content-Encoding (gzip, br, deflate, zstd) and leaves non-HTML, streamed or oversized
-bodies untouched; rewriting works on the page's bytes with one compiled regex pass that
-only calls Python code for candidate external links. Rewriting is idempotent (a
-rewritten link points at the gateway itself), so a page rewritten before the cache
-stored it is not rewritten twice.
+bodies untouched; rewriting works on the page's bytes with one compiled regex split that
+only calls Python code for candidate external links, and none per link for a set of links
+seen before. Rewriting is idempotent (a rewritten link points at the gateway itself), so a
+page rewritten before the cache stored it is not rewritten twice.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ _EXTERNAL_HREF = re.compile(
 
 
 SIGNED_LINKS = 4096
+PAGE_LINK_SETS = 512
 
 
 @dataclass(frozen=True)
@@ -81,36 +82,75 @@ def is_external(href: str, page_host: str, internal_hosts: Collection[str]) -> b
 
 def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, page_host: str, from_path: str,
                         internal_hosts: Collection[str] = (),
-                        signed: OrderedDict[tuple[str, str, str], bytes] | None = None) -> tuple[bytes, int]:
+                        signed: OrderedDict[tuple[str, str, str], bytes] | None = None,
+                        pages: OrderedDict[tuple[object, ...], tuple[list[bytes], int]] | None = None,
+                        ) -> tuple[bytes, int]:
     """(page bytes with external `<a href>` pointed at the signed redirect, number rewritten).
 
     `data` is in `charset`, which must be ASCII-compatible (see addons/htmledit.py): only the
     href values are decoded. `signed` memoises (raw href, page host, page path) -> escaped
     redirect path across pages (bounded by SIGNED_LINKS): pages that change on every request
-    still link to the same places, and each signature is an HMAC.
+    still link to the same places, and each signature is an HMAC. `pages` memoises a page's
+    whole set of candidate links (bounded by PAGE_LINK_SETS): a page whose body changes on
+    every request (a token, a counter, a timestamp) but whose links don't is then rewritten
+    without any Python code per link: one regex split, slice assignments and a join.
     """
+    pieces = _EXTERNAL_HREF.split(data)  # text, then 4 groups and text per candidate link
+    if len(pieces) == 1:
+        return data, 0
+    key: tuple[object, ...] | None = None
+    if pages is not None:
+        key = (charset, page_host, from_path, *pieces[1::5], *pieces[2::5], *pieces[3::5], *pieces[4::5])
+        known = pages.get(key)
+        if known is not None:
+            pages.move_to_end(key)
+            return _splice(pieces, known[0]), known[1]
     count = 0
+    replacements: list[bytes] = []
+    for i in range(1, len(pieces), 5):
+        head, double, single, bare = pieces[i:i + 4]
+        raw = double if double is not None else single if single is not None else bare
+        assert raw is not None
+        done = _signed_path(raw, charset, secret, prefix, page_host, from_path, internal_hosts, signed)
+        if done is None:  # not external after all: the link exactly as it was
+            quote_mark = b'"' if double is not None else b"'" if single is not None else b""
+            replacements.append(head + quote_mark + raw + quote_mark)
+        else:
+            count += 1
+            replacements.append(head + b'"' + done + b'"')
+    if pages is not None and key is not None:
+        pages[key] = (replacements, count)
+        if len(pages) > PAGE_LINK_SETS:
+            pages.popitem(last=False)
+    return _splice(pieces, replacements), count
 
-    def attr(m: re.Match[bytes]) -> bytes:
-        nonlocal count
-        raw = m.group(2) if m.group(2) is not None else m.group(3) if m.group(3) is not None else m.group(4)
-        text = raw.decode(charset, "replace")
-        key = (text, page_host, from_path)
-        done = signed.get(key) if signed is not None else None
-        if done is None:
-            href = html.unescape(text).strip()
-            if not is_external(href, page_host, internal_hosts):
-                return m.group(0)
-            target = "https:" + href if href.startswith("//") else href
-            done = html.escape(redirect_path(secret, prefix, target, from_path), quote=True).encode("ascii")
-            if signed is not None:
-                signed[key] = done
-                if len(signed) > SIGNED_LINKS:
-                    signed.popitem(last=False)
-        count += 1
-        return m.group(1) + b'"' + done + b'"'
 
-    return _EXTERNAL_HREF.sub(attr, data), count
+def _splice(pieces: list[bytes | None], replacements: list[bytes]) -> bytes:
+    """`pieces` from `_EXTERNAL_HREF.split` with each link's 4 groups replaced by its replacement."""
+    pieces[1::5] = replacements
+    pieces[2::5] = pieces[3::5] = pieces[4::5] = [b""] * len(replacements)
+    return b"".join(pieces)  # type: ignore[arg-type]  # no None left
+
+
+def _signed_path(raw: bytes, charset: str, secret: bytes, prefix: str, page_host: str, from_path: str,
+                 internal_hosts: Collection[str],
+                 signed: OrderedDict[tuple[str, str, str], bytes] | None) -> bytes | None:
+    """The escaped signed redirect path for one href value as found in the page, or None
+    when it isn't an external link."""
+    text = raw.decode(charset, "replace")
+    key = (text, page_host, from_path)
+    done = signed.get(key) if signed is not None else None
+    if done is None:
+        href = html.unescape(text).strip()
+        if not is_external(href, page_host, internal_hosts):
+            return None
+        target = "https:" + href if href.startswith("//") else href
+        done = html.escape(redirect_path(secret, prefix, target, from_path), quote=True).encode("ascii")
+        if signed is not None:
+            signed[key] = done
+            if len(signed) > SIGNED_LINKS:
+                signed.popitem(last=False)
+    return done
 
 
 def rewrite_links(text: str, secret: bytes, prefix: str, page_host: str, from_path: str,
@@ -144,6 +184,7 @@ class Outbound:
         self.visitors = visitors
         self.endpoint = settings.reserved_prefix + "out"
         self._signed: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._pages: OrderedDict[tuple[object, ...], tuple[list[bytes], int]] = OrderedDict()
 
     def edit_html(self, page: HtmlPage) -> bytes | None:
         """The page with its external links signed, or None when it has none."""
@@ -151,7 +192,7 @@ class Outbound:
             return None
         s = self.settings
         new, count = rewrite_links_bytes(page.body, page.charset, s.secret, s.reserved_prefix, page.host,
-                                         page.path, s.internal_hosts, self._signed)
+                                         page.path, s.internal_hosts, self._signed, self._pages)
         return new if count else None
 
     def request(self, flow: http.HTTPFlow) -> None:

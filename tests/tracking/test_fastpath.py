@@ -79,6 +79,96 @@ def test_bundle_refuses_a_part_with_a_hook_it_would_drop():
         Bundle("b", [Connects()])
 
 
+class Recording:
+    """An after_chain part: notes what the response looked like when its hook ran."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def response(self, flow):
+        self.log.append(("recorded", flow.response.headers.get("x-later", "")))
+
+    def error(self, flow):
+        self.log.append(("error", str(flow.error.msg)))
+
+
+class Later:
+    """An addon after the bundle in the chain that changes the response."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def response(self, flow):
+        self.log.append(("later", ""))
+        flow.response.headers["x-later"] = "seen"
+
+
+class Named:
+    name = "outreach"
+
+    def request(self, flow):
+        flow.metadata["named"] = True
+
+
+def test_after_chain_parts_run_once_the_whole_chain_has_run_the_hook():
+    """Through mitmproxy's own AddonManager: the deferred part sees what a later addon did."""
+    from mitmproxy import hooks
+    from mitmproxy.proxy.layers.http import HttpErrorHook, HttpResponseHook
+    from mitmproxy.test import taddons, tflow
+
+    log = []
+    with taddons.context(loadcore=False) as tctx:
+        bundle = Bundle("b", [], visible=[Named()], after_chain=[Recording(log)])
+        tctx.master.addons.add(bundle, Later(log))
+        assert tctx.master.addons.get("outreach") is bundle.parts[0]  # findable by name, not a child
+        assert not hasattr(bundle, "addons") and len(tctx.master.addons.chain) == 2
+        flow = tflow.tflow(resp=True)
+
+        async def run():
+            await tctx.master.addons.handle_lifecycle(hooks.UpdateHook([flow]))  # nothing due yet
+            await tctx.master.addons.handle_lifecycle(HttpResponseHook(flow))
+            broken = tflow.tflow(err=True)
+            await tctx.master.addons.handle_lifecycle(HttpErrorHook(broken))
+
+        asyncio.run(run())
+    assert log == [("later", ""), ("recorded", "seen"), ("error", "error")]
+    assert "portico.bundle.due" not in flow.metadata
+
+
+def test_chain_entry_joins_bundles_in_order_and_keeps_every_part_findable():
+    from addons.bundle import chain_entry
+    from mitmproxy.test import taddons
+
+    calls = []
+
+    class Endpoint:
+        def request(self, flow):
+            calls.append("endpoint")
+
+    class Part:
+        def request(self, flow):
+            calls.append("part")
+
+    plain = Endpoint()
+    assert chain_entry("e", [plain]) is plain  # nothing to join: the addon itself
+    entry = chain_entry("e", [Bundle("t", [Part()], visible=[Named()]), plain], after_chain=[Recording([])])
+    assert [type(p).__name__ for p in entry.parts] == ["Part", "Named", "Endpoint"]
+    flow = make_flow("/")
+    entry.request(flow)
+    assert calls == ["part", "endpoint"] and flow.metadata["named"] is True
+    with taddons.context(loadcore=False) as tctx:
+        tctx.master.addons.add(entry)
+        assert {n: type(tctx.master.addons.get(n)).__name__ for n in ("outreach", "endpoint", "recording")} == {
+            "outreach": "Named", "endpoint": "Endpoint", "recording": "Recording"}
+    with pytest.raises(BundleError, match="'endpoint'"):
+        chain_entry("e", [Endpoint(), Endpoint()])
+
+
+def test_after_chain_part_with_a_request_hook_is_refused():
+    with pytest.raises(BundleError, match="Named.request"):
+        Bundle("b", [], after_chain=[Named()])
+
+
 # --- BatchRecorder -----------------------------------------------------------------------------
 
 def test_batch_recorder_submits_once_per_batch_on_the_loop(sink):
@@ -180,3 +270,24 @@ def test_hash_only_csp_gets_the_inline_snippet_and_its_hash(editor):
     editor.response(again)  # from the memo: body and header both
     assert again.response.raw_content == f.response.raw_content
     assert again.response.headers["content-security-policy"] == f.response.headers["content-security-policy"]
+
+
+def test_link_set_memo_gives_the_same_page_as_a_fresh_rewrite():
+    """Pages whose body changes but whose links don't reuse the link set's replacements; links
+    that only look external (same host, entities) come back exactly as they were."""
+    from collections import OrderedDict
+
+    from addons.outbound import rewrite_links_bytes
+
+    links = (b"<a href='https://a.example/1'>a</a> <a class=x HREF=\"//www.example.org/same\">s</a> "
+             b"<a href=&#104;ttps://b.example/2>b</a> <a href='/local'>l</a>")
+    pages: OrderedDict = OrderedDict()
+    for n in range(3):
+        body = b"<p>token %d</p>" % n + links
+        fresh = rewrite_links_bytes(body, "utf-8", SECRET, "/_portico/", "www.example.org", "/p")
+        memo = rewrite_links_bytes(body, "utf-8", SECRET, "/_portico/", "www.example.org", "/p", (), None, pages)
+        assert memo == fresh and fresh[1] == 2 and len(pages) == 1
+        assert b'HREF="//www.example.org/same"' in fresh[0] and b"<a href='/local'>" in fresh[0]
+        assert fresh[0].startswith(b"<p>token %d</p>" % n)
+    other = rewrite_links_bytes(links, "utf-8", SECRET, "/_portico/", "www.example.org", "/q", (), None, pages)
+    assert other[1] == 2 and b"f=%2Fq" in other[0] and len(pages) == 2  # the page path is part of the key

@@ -41,6 +41,18 @@ def store(gw):
     return gw.gateway.store
 
 
+def test_tracking_adds_no_entry_to_the_addon_chain_and_outreach_stays_findable(env):
+    """mitmproxy costs ~12 us a request per chain entry: the tracking parts ride in Endpoints'
+    entry (the recorders deferred to the flow's update), and the gRPC outreach service still
+    finds the Outreach addon by name."""
+    gw, *_ = env
+    addons = gw.gateway.master.addons
+    names = [type(a).__name__ for a in addons.chain]
+    assert "Tracking" not in names and "Endpoints" not in names and names.count("Bundle") == 1
+    assert type(addons.get("outreach")).__name__ == "Outreach" and type(addons.get("tracking")).__name__ == "Tracking"
+    assert gw.gateway._outreach_maker() is not None
+
+
 def test_secret_is_generated_with_private_permissions(env):
     gw, _, secret, _ = env
     path = Path(gw.config.telemetry.path) / "tracking.secret"

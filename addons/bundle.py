@@ -21,6 +21,11 @@ order, and only the hooks they define.
   that hook (`AddonManager.handle_lifecycle`). So a bundle early in the chain still
   records each flow as the last addon would: after the cache, the guards and every
   other response hook, without an entry of its own at the end of the chain.
+- A part with a `request_paths` attribute (a set of exact request paths, no query) has its
+  `request` hook called only for those paths: the bundle reads the path once and looks it
+  up, instead of every endpoint decoding and comparing it on every request. Such parts
+  are called before the others (they answer their own paths, so the order among them
+  doesn't matter; Endpoints, which closes the rest of the prefix, comes after them).
 - A part with a hook the bundle doesn't forward (or an `after_chain` part with a
   `request` hook, which can't be deferred) is refused at construction, so nothing is
   silently dropped or reordered.
@@ -80,8 +85,14 @@ class Bundle:
         everyone = (*self.parts, *self.after_chain)
         self._hooks: dict[str, tuple[Callable[..., Any], ...]] = {
             hook: tuple(getattr(p, hook) for p in (self.parts if hook in DEFERRED else everyone)
-                        if callable(getattr(p, hook, None)))
+                        if callable(getattr(p, hook, None)) and not (hook == "request" and _routed(p)))
             for hook in FORWARDED}
+        routed: dict[str, list[Callable[..., Any]]] = {}
+        for part in self.parts:
+            if _routed(part) and callable(getattr(part, "request", None)):
+                for path in part.request_paths:
+                    routed.setdefault(path, []).append(part.request)
+        self._routed = {path: (*funcs, *self._hooks["request"]) for path, funcs in routed.items()}
         self._due: dict[str, tuple[Callable[..., Any], ...]] = {
             hook: tuple(getattr(p, hook) for p in self.after_chain if callable(getattr(p, hook, None)))
             for hook in DEFERRED}
@@ -100,6 +111,10 @@ class Bundle:
             lookup[name] = part
 
     def request(self, flow: Any) -> Awaitable[None] | None:
+        if self._routed:
+            funcs = self._routed.get(flow.request.path.partition("?")[0])
+            if funcs is not None:
+                return self._call(funcs, (flow,))
         return self._call(self._hooks["request"], (flow,))
 
     def response(self, flow: Any) -> Awaitable[None] | None:
@@ -153,6 +168,10 @@ class Bundle:
     async def _gather(pending: list[Awaitable[Any]]) -> None:
         for item in pending:
             await item
+
+
+def _routed(part: Any) -> bool:
+    return getattr(part, "request_paths", None) is not None
 
 
 def chain_entry(name: str, entries: Sequence[Any], after_chain: Sequence[Any] = ()) -> Any:

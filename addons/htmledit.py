@@ -19,6 +19,8 @@ Editors (`Outbound`, `Snippet`) implement `edit_html(page) -> bytes | None` on t
   editors read (host, path, method, Content-Type, Content-Encoding, CSP): a page served
   again (the common case) costs one blake2b and a dict lookup instead of a decompress,
   the edits and a recompress. Editors must therefore be pure functions of those inputs.
+  A page whose body differs every time (a token, a counter) stops paying for the digest
+  and the memo after MEMO_GIVE_UP misses in a row; every MEMO_RETRY-th request tries again.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ log = logging.getLogger("portico.htmledit")
 MAX_EDIT_BYTES = 4 * 2**20
 MEMO_ENTRIES = 128
 MEMO_MAX_BODY = 128 * 1024  # larger pages are edited every time rather than held in memory
+MEMO_GIVE_UP = 8   # a page (host, path) missing the memo this often in a row changes every time:
+MEMO_RETRY = 32    # it is edited without hashing or memoising, but tried again every 32nd time
 _KNOWN_ENCODINGS = frozenset({"", "identity", "gzip", "br", "deflate", "zstd"})
 _WANTED = frozenset({b"content-type", b"content-encoding", b"content-security-policy", b"transfer-encoding"})
 _PROBE = "<a href='https://x.example/'>\"=`</head></body>"
@@ -86,6 +90,7 @@ class HtmlEdit:
         self.max_bytes = max_bytes
         self._memo: OrderedDict[tuple[object, ...], tuple[bytes | None, list[str] | None]] = OrderedDict()
         self._by_route: dict[object, tuple[list[HtmlEditor], tuple[int, ...]]] = {}
+        self._misses: dict[tuple[str, str], int] = {}  # (host, path) -> memo misses in a row
 
     def response(self, flow: http.HTTPFlow) -> None:
         resp, md = flow.response, flow.metadata
@@ -120,14 +125,23 @@ class HtmlEdit:
         path = (md.get(metadata.ORIGINAL_PATH) or flow.request.path).split("?", 1)[0]
         host = md.get(metadata.ORIGINAL_HOST, "")
         key: tuple[object, ...] | None = None
-        if len(raw) <= MEMO_MAX_BODY:
+        page = (host, path)
+        misses = self._misses.get(page, 0)
+        if len(raw) <= MEMO_MAX_BODY and (misses < MEMO_GIVE_UP or misses % MEMO_RETRY == 0):
             key = (hashlib.blake2b(raw, digest_size=16).digest(), len(raw), editor_ids,
                    host, path, method, ctype, cenc, tuple(csp))
             hit = self._memo.get(key)
             if hit is not None:
                 self._memo.move_to_end(key)
+                if misses:
+                    del self._misses[page]
                 self._apply(resp, hit[0], hit[1], te)
                 return
+        if len(self._misses) >= MEMO_ENTRIES * 8 and page not in self._misses:
+            self._misses.clear()
+        # a retry that missed stores this body: the next request checks the memo too, so a page
+        # that turned static is found again at once
+        self._misses[page] = MEMO_GIVE_UP - 1 if misses >= MEMO_GIVE_UP and key is not None else misses + 1
         result = self._edit(resp, raw, editors, ctype, cenc, csp, host, path, method,
                             str(md.get(metadata.REQUEST_ID) or ""))
         if key is not None:

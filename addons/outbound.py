@@ -183,6 +183,7 @@ class Outbound:
         self.recorder = recorder
         self.visitors = visitors
         self.endpoint = settings.reserved_prefix + "out"
+        self.request_paths = frozenset({self.endpoint})  # `request` answers only these (addons/bundle.py)
         self._signed: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._pages: OrderedDict[tuple[object, ...], tuple[list[bytes], int]] = OrderedDict()
 

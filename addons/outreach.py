@@ -91,6 +91,7 @@ class Outreach:
         self.visitors = visitors
         self.pixel_path = settings.reserved_prefix + "px.gif"
         self.click_path = settings.reserved_prefix + "c"
+        self.request_paths = frozenset({self.pixel_path, self.click_path})  # see addons/bundle.py
         self.seen = FirstSeen(settings.seen_path, settings.secret, settings.max_remembered)
         self.recent_clicks: dict[tuple[str, str], deque[tuple[float, str]]] = {}
 

@@ -309,6 +309,7 @@ class Snippet:
         self.visitors = visitors
         self.script_path = settings.reserved_prefix + "t.js"
         self.beacon_path = settings.reserved_prefix + "b"
+        self.request_paths = frozenset({self.script_path, self.beacon_path})  # see addons/bundle.py
         self.limiter = RateLimiter(settings.rate_per_minute)
         self.script_hash = base64.b64encode(hashlib.sha256(SCRIPT).digest()).decode()
         self.routes = settings.routes

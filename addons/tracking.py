@@ -101,6 +101,21 @@ def _classify(referer: str, medium: str | None, source: str | None, ref: str | N
     return classify(referer, params, site, internal_hosts)
 
 
+STATIC_ENTRIES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """The parts of a request event that depend only on `Tracking._static`'s key."""
+
+    attrs: dict[str, Any]  # copied, never changed
+    path_only: str
+    own: bool              # under the reserved prefix
+    kind: str              # content kind
+    ua: Any                # addons.useragent.UserAgent
+    ref: Referrer
+
+
 @dataclass
 class _Pending:
     deadline: float
@@ -117,6 +132,7 @@ class Tracking:
         self.visitors = visitors
         self.geoip = geoip
         self.pending: dict[str, _Pending] = {}
+        self._statics: dict[tuple[str, ...], _Static] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_session_sweep = 0.0
 
@@ -168,18 +184,63 @@ class Tracking:
         except Exception:  # noqa: BLE001 - tracking must never break a request
             log.exception("request %s: could not build the request event", flow.metadata.get(metadata.REQUEST_ID))
 
+    def _static(self, key: tuple[str, ...]) -> _Static:
+        """What a request event takes from its inputs alone (method, scheme, site, path,
+        listener, User-Agent, Content-Type, route, client address, Referer), remembered:
+        the same visitor asks for the same pages again and again."""
+        s = self.settings
+        method, scheme, site, original_path, listener, ua_text, ctype, route, client_ip, referer = key
+        ua = parse_user_agent(ua_text)
+        path, params = _clean_path(original_path, s.query_allowlist)
+        path_only = path.split("?", 1)[0]
+        kind = content_kind(ctype)
+        attrs: dict[str, Any] = {
+            "method": method, "scheme": scheme, "host": site, "path": path[:1024], "listener": listener,
+            "browser": ua.browser, "browser_version": ua.version, "os": ua.os, "device": ua.device}
+        if kind:
+            attrs["content"] = kind
+        if route:
+            attrs["route"] = route
+        net = truncate_address(client_ip, s.ipv4_prefix, s.ipv6_prefix)
+        if net:
+            attrs["net"] = net
+        if self.geoip is not None and net:
+            attrs.update(self.geoip(net.split("/", 1)[0]))  # looked up by network: no raw address kept
+        ref = _classify(referer, params.get("utm_medium"), params.get("utm_source"), params.get("ref"), site,
+                        s.internal_hosts)
+        attrs["ref_class"] = ref.source_class
+        if ref.host:
+            attrs["ref_host"] = ref.host
+        if ref.path:
+            attrs["ref_path"] = ref.path
+        if params:
+            for name in UTM_PARAMS:
+                if params.get(name):
+                    attrs[name] = params[name][:200]
+        static = _Static(attrs, path_only, (path_only + "/").startswith(s.reserved_prefix), kind, ua, ref)
+        if len(self._statics) >= STATIC_ENTRIES:
+            self._statics.clear()  # rarely: many distinct clients x pages; rebuilt as requests come
+        self._statics[key] = static
+        return static
+
     def _record_flow(self, flow: http.HTTPFlow) -> None:
         s = self.settings
         req, resp, md = flow.request, flow.response, flow.metadata
         headers = scan_headers(req.headers, _REQUEST_HEADERS)
         ua_text = headers.get(b"user-agent", "")
-        ua = parse_user_agent(ua_text)
         client_ip = md.get(metadata.CLIENT_IP) or (flow.client_conn.peername[0] if flow.client_conn.peername else "")
         site = md.get(metadata.ORIGINAL_HOST) or req.pretty_host
         original_path = md.get(metadata.ORIGINAL_PATH) or req.path
-        path, params = _clean_path(original_path, s.query_allowlist)
-        path_only = path.split("?", 1)[0]
-        own_endpoint = (path_only + "/").startswith(s.reserved_prefix)
+        if resp is not None:
+            status = resp.status_code
+            ctype = scan_headers(resp.headers, _RESPONSE_HEADERS).get(b"content-type", "")
+            resp_bytes = len(resp.raw_content or b"")
+        else:
+            status, ctype, resp_bytes = 502, "", 0
+        key = (req.method, req.scheme, site, original_path, md.get(metadata.LISTENER, "reverse"), ua_text, ctype,
+               md.get(metadata.ROUTE) or "", client_ip, headers.get(b"referer", ""))
+        static = self._statics.get(key) or self._static(key)
+        ua, ref, kind, path_only, own_endpoint = static.ua, static.ref, static.kind, static.path_only, static.own
 
         if metadata.VISITOR in md and metadata.SESSION in md:
             state = self.visitors.sessions.get(md[metadata.VISITOR])
@@ -189,35 +250,24 @@ class Tracking:
             visitor, session, new_session, state = visit.visitor, visit.session, visit.new_session, visit.state
             md[metadata.VISITOR], md[metadata.SESSION] = visitor, session
 
-        if resp is not None:
-            status = resp.status_code
-            ctype = scan_headers(resp.headers, _RESPONSE_HEADERS).get(b"content-type", "")
-            kind = content_kind(ctype)
-            resp_bytes = len(resp.raw_content or b"")
-        else:
-            status, kind, resp_bytes = 502, "", 0
         now = time.time()
         started = req.timestamp_start or now
         end = (resp.timestamp_end if resp is not None and resp.timestamp_end else None) or now
         upstream_ms = 0.0
         cache_status = md.get(metadata.CACHE_STATUS)
-        if resp is not None and not md.get(metadata.BLOCKED_BY) and resp.timestamp_start and req.timestamp_end \
+        blocked_by = md.get(metadata.BLOCKED_BY)
+        if resp is not None and not blocked_by and resp.timestamp_start and req.timestamp_end \
                 and cache_status not in ("hit", "stale"):
             upstream_ms = max(0.0, (resp.timestamp_start - req.timestamp_end) * 1000)
 
-        attrs: dict[str, Any] = {
-            "method": req.method, "scheme": req.scheme, "host": site, "path": path[:1024],
-            "status": status, "req_bytes": len(req.raw_content or b""), "resp_bytes": resp_bytes,
-            "duration_ms": round(max(0.0, end - started) * 1000, 2), "upstream_ms": round(upstream_ms, 2),
-            "listener": md.get(metadata.LISTENER, "reverse"),
-            "browser": ua.browser, "browser_version": ua.version, "os": ua.os, "device": ua.device,
-            "session": session, "request_id": md.get(metadata.REQUEST_ID, ""),
-        }
-        if kind:
-            attrs["content"] = kind
-        route, blocked_by = md.get(metadata.ROUTE), md.get(metadata.BLOCKED_BY)
-        if route:
-            attrs["route"] = route
+        attrs = static.attrs.copy()
+        attrs["status"] = status
+        attrs["req_bytes"] = len(req.raw_content or b"")
+        attrs["resp_bytes"] = resp_bytes
+        attrs["duration_ms"] = round(max(0.0, end - started) * 1000, 2)
+        attrs["upstream_ms"] = round(upstream_ms, 2)
+        attrs["session"] = session
+        attrs["request_id"] = md.get(metadata.REQUEST_ID, "")
         if cache_status:
             attrs["cache"] = cache_status
         if blocked_by:
@@ -230,22 +280,6 @@ class Tracking:
             groups = md.get(metadata.GROUPS) or ()
             if groups and not s.pseudonymise_users:
                 attrs["groups"] = [str(g) for g in groups][:50]
-        net = truncate_address(client_ip, s.ipv4_prefix, s.ipv6_prefix)
-        if net:
-            attrs["net"] = net
-        if self.geoip is not None and net:
-            attrs.update(self.geoip(net.split("/", 1)[0]))  # looked up by network: no raw address kept
-        ref = _classify(headers.get(b"referer", ""), params.get("utm_medium"), params.get("utm_source"),
-                        params.get("ref"), site, s.internal_hosts)
-        attrs["ref_class"] = ref.source_class
-        if ref.host:
-            attrs["ref_host"] = ref.host
-        if ref.path:
-            attrs["ref_path"] = ref.path
-        if params:
-            for name in UTM_PARAMS:
-                if params.get(name):
-                    attrs[name] = params[name][:200]
         attribution = self._attribution(headers.get(b"cookie", ""), state)
         if attribution is not None:
             attrs["campaign"], attrs["campaign_first"] = attribution.last, attribution.first

@@ -291,3 +291,36 @@ def test_link_set_memo_gives_the_same_page_as_a_fresh_rewrite():
         assert fresh[0].startswith(b"<p>token %d</p>" % n)
     other = rewrite_links_bytes(links, "utf-8", SECRET, "/_portico/", "www.example.org", "/q", (), None, pages)
     assert other[1] == 2 and b"f=%2Fq" in other[0] and len(pages) == 2  # the page path is part of the key
+
+
+def test_parts_with_request_paths_are_called_only_for_their_paths_and_first():
+    calls = []
+
+    class Pixel:
+        request_paths = frozenset({"/_portico/px.gif"})
+
+        def request(self, flow):
+            calls.append("pixel")
+
+    class Closer:
+        def request(self, flow):
+            calls.append("closer")
+
+    bundle = Bundle("b", [Closer(), Pixel()])
+    bundle.request(make_flow("/page?x=1"))
+    assert calls == ["closer"]
+    bundle.request(make_flow("/_portico/px.gif?c=1"))
+    assert calls == ["closer", "pixel", "closer"]
+
+
+def test_a_page_that_changes_every_time_stops_filling_the_memo_but_is_still_edited(editor):
+    from addons.htmledit import MEMO_GIVE_UP, MEMO_RETRY
+
+    for n in range(MEMO_RETRY + 4):
+        f = make_flow("/token", body=PAGE.replace("<body>", f"<body><!-- {n} -->").encode())
+        editor.response(f)
+        assert b'href="/_portico/out?u=' in f.response.raw_content and b"data-portico" in f.response.raw_content
+    assert len(editor._memo) <= MEMO_GIVE_UP + 3  # the misses in a row, then a retry now and then
+    for _ in range(MEMO_RETRY + 2):  # the page turns static: the next retry finds it memoised again
+        editor.response(make_flow("/token", body=PAGE.encode()))
+    assert ("www.example.org", "/token") not in editor._misses

@@ -29,10 +29,11 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from telemetry.columns import Segment
-from telemetry.rollups import ACTOR_ATTRS, utf8_hash_table
 from telemetry.dictionary import Dictionary
+from telemetry.rollups import ACTOR_ATTRS, utf8_hash_table
 
 MAX_BLOCK = 1 << 30          # Arrow's reader takes the whole batch as one block (consistent types)
+MAX_STRING_PATHS = 1_000     # attribute paths learned as strings; past that, such batches go the Python way
 _ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 _ITEM_TYPES = (pa.types.is_string, pa.types.is_int64, pa.types.is_boolean)
 HASHED = frozenset(ACTOR_ATTRS) | {"session"}   # columns whose value hashes rollups and indexes need
@@ -61,6 +62,8 @@ class JsonSegmenter:
                 return None
             found = _timestamp_paths(table.schema.field("a").type, ())
             if found:                       # learn them, read this batch again with them as strings
+                if len(self.string_paths) + len(found) > MAX_STRING_PATHS:
+                    return None
                 self.string_paths.update(found)
                 self._schema = None
                 table = self._read(blob)

@@ -25,7 +25,6 @@ import msgpack
 import numpy as np
 
 from telemetry.dictionary import Dictionary
-from telemetry.events import Event
 
 SEG_ROWS = 65_536
 _SEG = struct.Struct(">Q")
@@ -85,20 +84,16 @@ def _code_column(vals: list[Any], n: int) -> tuple[np.ndarray, list[Any]]:
     return np.fromiter(map(local.__getitem__, vals), np.uint32, n), values
 
 
-def build_segment(events: Sequence[Event], d: Dictionary) -> Segment:
-    """Columns for `events` (type codes assigned in `d`: commit `d` before storing).
+def build_segment_parts(times_l: Sequence[int] | np.ndarray, types_l: list[str], attrs: list[Any],
+                        d: Dictionary) -> Segment:
+    """Columns of events given as parallel lists of times, types and attribute maps (type
+    codes assigned in `d`: commit `d` before storing). The Python path; the follower takes
+    arrowseg's when it can.
 
     Column at a time, not event at a time: one list comprehension per attribute name, then
     a type census decides the column kinds; only lists, maps and mixed-type columns take
     the per-value path.
     """
-    return build_segment_parts([e.time_us for e in events], [e.type for e in events],
-                               [e.attrs for e in events], d)
-
-
-def build_segment_parts(times_l: Sequence[int] | np.ndarray, types_l: list[str], attrs: list[Any],
-                        d: Dictionary) -> Segment:
-    """build_segment from parallel lists of times, types and attribute maps."""
     n = len(times_l)
     times = np.array(times_l, np.int64)
     tcodes = {t: d.code(t) for t in set(types_l)}

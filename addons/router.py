@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from mitmproxy import http
@@ -76,25 +77,31 @@ def select_route(routes: Sequence[RouteSpec], host: str, path: str) -> RouteSpec
     return max(candidates, key=lambda r: len(r.path_prefix.rstrip("/")))
 
 
+@lru_cache(maxsize=1024)
+def _split_upstream(upstream: str) -> tuple[str, str, int, str]:
+    """(scheme, hostname, port, base path) of a route's upstream URL: parsed once per route,
+    not on every request (urlsplit and its port/hostname properties cost ~5-20 us)."""
+    parts = urlsplit(upstream)
+    scheme = parts.scheme
+    return scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80), parts.path.rstrip("/")
+
+
 def upstream_target(route: RouteSpec, path: str) -> Target:
     """Where to send `path` (with query) for `route`."""
-    parts = urlsplit(route.upstream)
-    scheme = parts.scheme
-    port = parts.port or (443 if scheme == "https" else 80)
+    scheme, hostname, port, base_path = _split_upstream(route.upstream)
     if route.strip_prefix:
         base = route.path_prefix.rstrip("/")
         rest = path[len(base):] if base and path.startswith(base) else path
         if not rest.startswith("/"):
             rest = "/" + rest  # "/api" stripped of "/api" -> "/", "?q" -> "/?q"
         path = rest
-    base_path = parts.path.rstrip("/")
     if base_path:
         path = base_path + path
     host_header = None
     if not route.preserve_host:
         default = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
-        host_header = parts.hostname if default else f"{parts.hostname}:{port}"
-    return Target(scheme, parts.hostname or "", port, path, host_header)
+        host_header = hostname if default else f"{hostname}:{port}"
+    return Target(scheme, hostname, port, path, host_header)
 
 
 class Router:

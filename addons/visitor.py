@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+VISITOR_IDS = 50_000  # visitor ids remembered per (salt, site, address, User-Agent)
 _SALT_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})\.salt$")
 
 
@@ -135,6 +136,9 @@ class Visitors:
         self.max_sessions = max_sessions
         self.clock = clock
         self.sessions: OrderedDict[str, Session] = OrderedDict()
+        # (salt, site, address, User-Agent) -> today's id: a visitor sends many requests, and
+        # the hash is the larger part of `visit`; in memory only, bounded, keyed by the salt
+        self._ids: dict[tuple[bytes, str, str, str], str] = {}
 
     def visitor_id(self, site: str, address: str, user_agent: str) -> str:
         today, _ = self.salts.current()
@@ -144,7 +148,12 @@ class Visitors:
         """The visitor and session for one request; starts a session when none is live."""
         now = self.clock()
         today, yesterday = self.salts.current()
-        vid = visitor_hash(today, site, address, user_agent)
+        key = (today, site, address, user_agent)
+        vid = self._ids.get(key)
+        if vid is None:
+            if len(self._ids) >= VISITOR_IDS:
+                self._ids.clear()  # also drops the ids of an old salt
+            vid = self._ids[key] = visitor_hash(today, site, address, user_agent)
         state = self.sessions.get(vid)
         if state is None and yesterday is not None:
             old = self.sessions.pop(visitor_hash(yesterday, site, address, user_agent), None)

@@ -34,7 +34,7 @@ TAIL_MERGE = columns.SEG_ROWS // 4       # a tail segment smaller than this abso
 GC_EVERY = 5.0                           # seconds between explicit collections while busy
 # The follower yields the CPU to the writer and to whatever serves requests in the parent
 # (the gateway): acknowledgements never wait for rollups; rollups use what is left over.
-FOLLOWER_NICE = 10
+FOLLOWER_NICE = 5
 DERIVED_MAP = 1 << 36                    # map size of derived files (64 GiB of address space, sparse)
 WM = b"wm"
 TAIL = b"tail"

@@ -4,9 +4,11 @@ A request meets them top to bottom (mitmproxy calls each hook in list order):
 
     engine fixes -> lifecycle -> forwarded (ids, client address, header hygiene)
     -> forward guard (forward listener policy) -> [auth -> acl] -> endpoints (/_portico/)
-    -> router (reverse listener -> upstream) -> [cache, dns guard, moderation, tracking]
+    -> router (reverse listener -> upstream) -> [cache, dns guard, moderation]
 
-Bracketed stages are added by their own issues; each goes in here, in its place.
+Bracketed stages are added by their own issues; each goes in here, in its place. Tracking's
+endpoints share Endpoints' chain entry, and so do its recorders, whose response/error hooks
+run once the whole chain has run (addons/bundle.py `chain_entry`): they record every flow last.
 """
 
 from __future__ import annotations

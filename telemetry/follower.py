@@ -96,27 +96,30 @@ IDX_ITEM = 1 + 8 + KEY_LEN       # tag, value hash, row key
 
 
 def index_items(seg: columns.Segment, key_blob: bytes) -> list[tuple[bytes, bytes]]:
-    """Sorted key-only index entries tag + hash(value) + row key for users (b"u") and sessions
-    (b"s"), built as one numpy byte matrix and sorted as fixed-width records (memcmp order).
+    """Key-only index entries tag + hash(value) + row key for users (b"u") and sessions (b"s"),
+    built as one numpy byte matrix, ordered by tag and hash: an integer argsort, not a sort of
+    25-byte records (LMDB takes them in any order; grouping them keeps its inserts local).
     `key_blob`: the segment's row keys, concatenated in row order."""
     key_mat = np.frombuffer(key_blob, np.uint8).reshape(len(key_blob) // KEY_LEN, KEY_LEN)
     parts = []
-    for tag, name in ((b"u", "user"), (b"s", "session")):
+    for tag, name in ((b"s", "session"), (b"u", "user")):
         c = seg.cols.get("c:" + name)
         if c is None:
             continue
         rows = np.flatnonzero(c)
         if not len(rows):
             continue
-        hashes = rollups.column_hashes(seg, name).astype(">u8")[c[rows]]
+        hashes = rollups.column_hashes(seg, name)[c[rows]]
+        order = np.argsort(hashes, kind="stable")
+        rows, hashes = rows[order], hashes[order]
         m = np.empty((len(rows), IDX_ITEM), np.uint8)
         m[:, 0] = tag[0]
-        m[:, 1:9] = hashes.view(np.uint8).reshape(len(rows), 8)
+        m[:, 1:9] = hashes.astype(">u8").view(np.uint8).reshape(len(rows), 8)
         m[:, 9:] = key_mat[rows]
         parts.append(m)
     if not parts:
         return []
-    recs = np.sort(np.ascontiguousarray(np.concatenate(parts)).view(f"V{IDX_ITEM}").ravel())
+    recs = np.ascontiguousarray(np.concatenate(parts)).view(f"V{IDX_ITEM}").ravel()
     return list(zip(recs.tolist(), itertools.repeat(b"")))
 
 

@@ -3,9 +3,10 @@
 `tracking_addons(config, store)` returns two lists: the endpoint addons (outreach pixel and
 click, outbound redirect, snippet JS and beacon, and the HTML editor), which go *before*
 Endpoints so they can answer under the reserved prefix, and the recording addons
-(tracking, access log), which go *last* so they see every flow however it ended. Each list
-is one `Bundle` (addons/bundle.py): one entry in mitmproxy's chain instead of one per addon. The addons share one `Visitors`
-(salts + sessions) and one `Recorder` (the store), built here.
+(tracking, access log), which must see every flow last, however it ended. proxy/pipeline.py
+joins both lists and Endpoints into one chain entry (addons/bundle.py `chain_entry`): the
+recorders run as `after_chain` parts, at the flow's next update, once every addon has run.
+The addons share one `Visitors` (salts + sessions) and one `Recorder` (the store), built here.
 
 Files under `telemetry.path`: `tracking.secret` (HMAC key for signed URLs and pseudonyms,
 0600, made on first start unless `tracking.secret_file`/`secret_env` names one),

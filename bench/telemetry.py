@@ -283,11 +283,14 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one, removed after)")
     ap.add_argument("--skip-duckdb", action="store_true")
-    ap.add_argument("--sustained", type=int, default=5_000_000, metavar="N",
-                    help="events for the strictly sustained run (built first: ~1 GB per million); 0 skips it")
+    ap.add_argument("--sustained", type=int, default=None, metavar="N",
+                    help="events for the strictly sustained run (built first: ~1 GB per million; default "
+                         "min(--events, 5M)); 0 skips it")
     ap.add_argument("--rate", type=int, default=250_000, help="feed rate of the sustained run (events/s)")
     args = ap.parse_args()
     total = args.events
+    if args.sustained is None:
+        args.sustained = min(total, 5_000_000)
     work = Path(args.dir or tempfile.mkdtemp(prefix="portico-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"events: {total:,} over {DAYS} days; work dir {work}; cores {os.cpu_count()}")

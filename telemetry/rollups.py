@@ -51,18 +51,33 @@ def hash_values(values: list[Any]) -> np.ndarray:
     if not values:
         return np.zeros(0, np.uint64)
     raw = [_tagged(v) for v in values]
-    mat = np.array(raw, dtype=bytes)
-    width = mat.dtype.itemsize
-    u8 = mat.view(np.uint8).reshape(len(raw), width)
-    lens = np.fromiter(map(len, raw), np.int64, len(raw))
-    h = np.full(len(raw), _FNV_OFFSET, np.uint64)
+    offsets = np.zeros(len(raw) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, raw), np.int64, len(raw)), out=offsets[1:])
+    return _fnv_cut(offsets, np.frombuffer(b"".join(raw), np.uint8), int(_FNV_OFFSET))
+
+
+def _fnv_cut(offsets: np.ndarray, data: np.ndarray, seed: int) -> np.ndarray:
+    """FNV-1a, from state `seed`, of each byte string data[offsets[i]:offsets[i+1]], with no
+    Python work per string: one byte position at a time over the strings still that long
+    (sorted longest first, so those are a prefix). 0 becomes 1 (0 means "missing")."""
+    lens = np.diff(offsets).astype(np.int64)
+    k = len(lens)
+    if not k:
+        return np.zeros(0, np.uint64)
+    order = np.argsort(-lens, kind="stable")
+    starts = offsets[:-1].astype(np.int64)[order]
+    slen = lens[order]
+    h = np.full(k, seed, np.uint64)
+    live = k
     with np.errstate(over="ignore"):
-        for j in range(width):
-            live = lens > j            # bytes past a value's end (padding) must not change its hash
-            nh = (h ^ u8[:, j].astype(np.uint64)) * _FNV_PRIME
-            h = np.where(live, nh, h)
+        for j in range(int(slen[0])):
+            while slen[live - 1] <= j:
+                live -= 1
+            h[:live] = (h[:live] ^ data[starts[:live] + j].astype(np.uint64)) * _FNV_PRIME
     h[h == 0] = 1
-    return h
+    out = np.empty(k, np.uint64)
+    out[order] = h
+    return out
 
 
 def value_hash(v: Any) -> int:
@@ -77,27 +92,9 @@ def hash_table(values: list[Any]) -> np.ndarray:
 
 def utf8_hash_table(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
     """hash_table of strings given as UTF-8 bytes `data` cut at `offsets` (Arrow's layout),
-    with no Python object per string: FNV-1a runs one byte position at a time over the
-    strings still that long (sorted longest first, so those are a prefix)."""
-    lens = np.diff(offsets).astype(np.int64)
-    k = len(lens)
-    if not k:
-        return np.zeros(1, np.uint64)
-    order = np.argsort(-lens, kind="stable")
-    starts = offsets[:-1].astype(np.int64)[order]
-    slen = lens[order]
-    seed = ((int(_FNV_OFFSET) ^ ord("s")) * int(_FNV_PRIME)) % (1 << 64)    # the tag byte "s"
-    h = np.full(k, seed, np.uint64)
-    live = k
-    with np.errstate(over="ignore"):
-        for j in range(int(slen[0])):
-            while slen[live - 1] <= j:
-                live -= 1
-            h[:live] = (h[:live] ^ data[starts[:live] + j].astype(np.uint64)) * _FNV_PRIME
-    h[h == 0] = 1
-    out = np.zeros(k + 1, np.uint64)
-    out[1:][order] = h
-    return out
+    with no Python object per string."""
+    seed = ((int(_FNV_OFFSET) ^ ord("s")) * int(_FNV_PRIME)) % (1 << 64)    # the tag byte "s" hashed
+    return np.concatenate([np.zeros(1, np.uint64), _fnv_cut(offsets, data, seed)])
 
 
 def column_hashes(seg: Segment, name: str) -> np.ndarray:

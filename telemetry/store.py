@@ -597,14 +597,8 @@ class Store:
             except lmdb.Error as e:
                 raise lmdb_error(e, part.events_path, part.events, "cannot write events to") from e
             self._seq = seq
-            if owners is None:        # every event kept
-                who.accept_all()
-            else:
-                accepted: dict[_Pending, int] = {}
-                for o in owners:          # the owners of kept events (runs of the same pending)
-                    accepted[o] = accepted.get(o, 0) + 1
-                for o, n in accepted.items():
-                    o.accepted += n
+            # every event kept: the write's owners; else the owners of the kept ones
+            (who if owners is None else _Owners(None, owners)).accept_all()
             for o in dups:
                 o.duplicates += 1
             # committed: a retry of the same Event must be looked up (a C loop over the slot)

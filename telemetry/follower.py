@@ -72,26 +72,6 @@ def behind(part: Partition) -> int:
     return n
 
 
-class Rows:
-    """A batch of stored rows, decoded column-wise (parallel lists)."""
-
-    __slots__ = ("keys", "times", "types", "attrs")
-
-    def __init__(self, keys: list[bytes], times: np.ndarray, types: list[str], attrs: list[dict[str, Any]]) -> None:
-        self.keys, self.times, self.types, self.attrs = keys, times, types, attrs
-
-
-def decode_rows(items: list[tuple[bytes, bytes]]) -> Rows:
-    """Rows from (key, value) pairs: one msgpack call for the whole batch, times from the keys
-    with numpy, so no Python function runs per row (the follower's hot path)."""
-    keys = [k for k, _ in items]
-    if not keys:
-        return Rows([], np.zeros(0, np.int64), [], [])
-    times = np.frombuffer(b"".join(keys), ">u8")[::2].astype(np.int64)
-    values = decode_row_batch([v for _, v in items])
-    return Rows(keys, times, [v[1] for v in values], [v[2] for v in values])
-
-
 IDX_ITEM = 1 + 8 + KEY_LEN       # tag, value hash, row key
 
 
@@ -194,9 +174,8 @@ class Follower:
             self.fast_batches += 1
             return seg
         self.slow_batches += 1
-        keys = np.frombuffer(key_blob, f"V{KEY_LEN}").tolist()
-        rows = decode_rows(list(zip(keys, values)))
-        return columns.build_segment_parts(rows.times, rows.types, rows.attrs, self.d)
+        rows = decode_row_batch(values)
+        return columns.build_segment_parts(times, [r[1] for r in rows], [r[2] for r in rows], self.d)
 
     def fold(self, part: Partition, key_blob: bytes, values: list[bytes], top: int) -> None:
         """Fold committed rows (keys concatenated in seq order, values), up to seq `top`."""

@@ -21,7 +21,6 @@ import itertools
 import math
 import os
 import random
-import threading
 import re
 import struct
 import time as _time
@@ -392,7 +391,11 @@ def make_event(type: str, attrs: Mapping[str, Any] | None = None, *,  # noqa: A0
                     break
             else:
                 return Event(id, us, t, attrs, packed, fresh)
-    clean = check_attrs(attrs)
+            clean = _check_attrs_slow(attrs)    # check_attrs' own quick test just failed above
+        else:
+            clean = check_attrs(attrs)          # strings may be long: it tests their lengths
+    else:
+        clean = check_attrs(attrs)
     try:
         packed = _json_encode(clean)
     except (TypeError, ValueError, UnicodeError) as e:   # e.g. a lone surrogate in a string

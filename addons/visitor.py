@@ -141,19 +141,23 @@ class Visitors:
         self._ids: dict[tuple[bytes, str, str, str], str] = {}
 
     def visitor_id(self, site: str, address: str, user_agent: str) -> str:
-        today, _ = self.salts.current()
-        return visitor_hash(today, site, address, user_agent)
+        return self._today_id(self.salts.current()[0], site, address, user_agent)
 
-    def visit(self, site: str, address: str, user_agent: str) -> Visit:
-        """The visitor and session for one request; starts a session when none is live."""
-        now = self.clock()
-        today, yesterday = self.salts.current()
+    def _today_id(self, today: bytes, site: str, address: str, user_agent: str) -> str:
+        """visitor_hash under today's salt, remembered (bounded) per (salt, site, address, UA)."""
         key = (today, site, address, user_agent)
         vid = self._ids.get(key)
         if vid is None:
             if len(self._ids) >= VISITOR_IDS:
                 self._ids.clear()  # also drops the ids of an old salt
             vid = self._ids[key] = visitor_hash(today, site, address, user_agent)
+        return vid
+
+    def visit(self, site: str, address: str, user_agent: str) -> Visit:
+        """The visitor and session for one request; starts a session when none is live."""
+        now = self.clock()
+        today, yesterday = self.salts.current()
+        vid = self._today_id(today, site, address, user_agent)
         state = self.sessions.get(vid)
         if state is None and yesterday is not None:
             old = self.sessions.pop(visitor_hash(yesterday, site, address, user_agent), None)

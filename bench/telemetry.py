@@ -202,6 +202,7 @@ def ingest_sustained(path: Path, total: int, rate: int) -> dict:
     inflight: deque = deque()
     acked = sent = 0
     t = time.perf_counter()
+    cpu0 = time.process_time()
     for attrs, types, ts in chunks:
         for s in range(0, len(attrs), 1000):
             evs = [make_event(types[j], attrs[j], time_us=ts[j]) for j in range(s, min(s + 1000, len(attrs)))]
@@ -217,7 +218,9 @@ def ingest_sustained(path: Path, total: int, rate: int) -> dict:
     seconds = time.perf_counter() - t
     t_end = time.perf_counter()
     store.flush(600)
-    out = {"rate": acked / seconds, "seconds": seconds, "catch_up": time.perf_counter() - t_end}
+    out = {"rate": acked / seconds, "seconds": seconds, "catch_up": time.perf_counter() - t_end,
+           "cpu_us": (time.process_time() - cpu0) / acked * 1e6,
+           "follower_us": (_child_cpu(store) or 0.0) / acked * 1e6}
     store.close()
     del chunks
     gc.unfreeze()
@@ -441,6 +444,8 @@ def run(total: int, work: Path, args: argparse.Namespace) -> int:
               f"{args.rate:,} ev/s with no pause ==")
         print(f"  {sus['rate']:,.0f} ev/s over {sus['seconds']:.1f} s; rollups caught up {sus['catch_up']:.2f} s "
               f"after the last ack")
+        print(f"  CPU per event: {sus['cpu_us']:.2f} us feeding (make_event) and writing, "
+              f"{sus['follower_us']:.2f} us in the follower")
         verdict(f"sustained {args.rate:,} ev/s for {sus['seconds']:.0f} s, rollups caught up <= 2 s",
                 sus["rate"] >= 0.98 * args.rate and sus["catch_up"] <= 2.0,
                 f"{sus['rate']:,.0f} ev/s, caught up in {sus['catch_up']:.2f} s")

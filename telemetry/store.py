@@ -749,10 +749,8 @@ class Store:
                 parts.reverse()
             idx = _index_filter(q.filters)
             for part in parts:
-                if idx is not None:
-                    keys = self._index_keys(part, idx, lo, hi, after, q.descending)
-                    if keys is None:
-                        continue
+                keys = self._index_keys(part, idx, lo, hi, after, q.descending) if idx is not None else None
+                if keys is not None:
                     with part.events.begin(buffers=False) as txn:
                         for k in keys:
                             v = txn.get(k, db=part.rows)
@@ -815,17 +813,10 @@ class Store:
         tag, value = idx
         if part.derived is None:
             return None
-        prefix = tag + rollups.value_hash(value).to_bytes(8, "big")
-        keys: list[bytes] = []
-        with part.derived.begin() as txn:
-            cur = txn.cursor(part.idx)
-            if cur.set_range(prefix + lo):
-                for k in cur.iternext(values=False):
-                    if not k.startswith(prefix) or k[9:] >= hi:
-                        break
-                    keys.append(k[9:])
-        # rows not folded in yet are found by the scan path
-        if follower.watermark(part) < follower.top_seq(part):
+        committed = follower.top_seq(part)          # before the index: every row acknowledged by now
+        with part.derived.begin(buffers=True) as txn:      # blobs read in place
+            keys = follower.index_lookup(txn, part, tag, rollups.value_hash(value), lo, hi, committed)
+        if keys is None:          # the follower is behind: the caller scans the rows instead
             return None
         if desc:
             keys.reverse()

@@ -201,6 +201,7 @@ def ingest_sustained(path: Path, total: int, rate: int) -> dict:
     store = Store.open(StoreSettings(path))
     inflight: deque = deque()
     acked = sent = 0
+    waited = slept = 0.0
     t = time.perf_counter()
     cpu0 = time.process_time()
     for attrs, types, ts in chunks:
@@ -208,10 +209,14 @@ def ingest_sustained(path: Path, total: int, rate: int) -> dict:
             evs = [make_event(types[j], attrs[j], time_us=ts[j]) for j in range(s, min(s + 1000, len(attrs)))]
             inflight.append(store.submit(evs))
             sent += len(evs)
-            while len(inflight) > 16:
-                acked += inflight.popleft().result().accepted
+            if len(inflight) > 16:
+                w = time.perf_counter()
+                while len(inflight) > 16:
+                    acked += inflight.popleft().result().accepted
+                waited += time.perf_counter() - w
             ahead = sent / rate - (time.perf_counter() - t)
             if ahead > 0:
+                slept += ahead
                 time.sleep(ahead)
     while inflight:
         acked += inflight.popleft().result().accepted
@@ -220,7 +225,7 @@ def ingest_sustained(path: Path, total: int, rate: int) -> dict:
     store.flush(600)
     out = {"rate": acked / seconds, "seconds": seconds, "catch_up": time.perf_counter() - t_end,
            "cpu_us": (time.process_time() - cpu0) / acked * 1e6,
-           "follower_us": (_child_cpu(store) or 0.0) / acked * 1e6}
+           "follower_us": (_child_cpu(store) or 0.0) / acked * 1e6, "waited": waited, "slept": slept}
     store.close()
     del chunks
     gc.unfreeze()

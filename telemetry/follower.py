@@ -249,7 +249,7 @@ class Follower:
         """Fold committed rows (keys concatenated in seq order, values), up to seq `top`."""
         d = self.d
         seg = self.segment(key_blob, values)
-        deltas = rollups.compute(seg, self.dims, d) if seg is not None else {}
+        deltas = rollups.compute(seg, self.dims, d) if seg is not None else None
         d.commit()   # codes before anything that refers to them
         with part.derived.begin(write=True) as txn:
             raw = txn.get(WM, db=part.dinfo)

@@ -18,7 +18,6 @@ approximate.
 
 from __future__ import annotations
 
-import itertools
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -123,7 +122,7 @@ def global_codes(seg: Segment, name: str, d: Dictionary) -> np.ndarray | None:
     c = seg.cols.get("c:" + name)
     if c is None:
         return None
-    table = np.array([0] + [d.code(v) for v in seg.dicts.get("c:" + name, [])], np.uint32)
+    table = np.array([0] + d.codes_of(seg.dicts.get("c:" + name, [])), np.uint32)
     return table[c]
 
 
@@ -171,9 +170,7 @@ def _value_keys(dim_code: int, g: np.ndarray, c: np.ndarray) -> list[bytes]:
     rec["code"] = c
     rec["type"] = g >> 32
     rec["slot"] = g & 0xFFFFFFFF
-    raw = rec.tobytes()
-    w = _V_KEY.itemsize
-    return [raw[i:i + w] for i in range(0, len(raw), w)]
+    return _split_records(rec)
 
 
 def _runs(g: np.ndarray) -> list[tuple[int, int, int]]:
@@ -185,14 +182,41 @@ def _runs(g: np.ndarray) -> list[tuple[int, int, int]]:
     return list(zip(g[starts].tolist(), starts.tolist(), ends.tolist()))
 
 
-def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dict[bytes, tuple[str, Any]]:
-    """Rollup deltas of one segment, computed with numpy (never per event).
+class Deltas:
+    """One batch's rollup deltas.
 
-    key -> ("t"|"v", count) | ("c"|"C", (codes, counts)) | ("u"|"U", sorted hashes)
+    counter_keys/counter_counts: the b"t" and b"v" keys, ascending, and the counts to add
+        (merged as whole arrays: a fold can carry 30k of them);
+    blobs: key -> ("c"|"C", (codes, counts)) | ("u"|"U", sorted hashes), merged one by one.
     """
-    out: dict[bytes, tuple[str, Any]] = {}
+
+    __slots__ = ("counter_keys", "counter_counts", "blobs")
+
+    def __init__(self) -> None:
+        self.counter_keys: list[bytes] = []
+        self.counter_counts: np.ndarray = np.zeros(0, np.uint64)
+        self.blobs: dict[bytes, tuple[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.counter_keys) + len(self.blobs)
+
+
+_T_KEY = np.dtype([("tag", "S1"), ("type", ">u4"), ("slot", ">u4")])
+
+
+def _split_records(rec: np.ndarray) -> list[bytes]:
+    """Fixed-width records as one bytes object each (split in C)."""
+    return rec.view(f"V{rec.dtype.itemsize}").tolist()
+
+
+def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> Deltas:
+    """Rollup deltas of one segment, computed with numpy (never per event)."""
+    deltas = Deltas()
     if seg.n == 0:
-        return out
+        return deltas
+    out = deltas.blobs
+    ckeys: list[bytes] = []
+    ccounts: list[np.ndarray] = []
     cols = seg.cols
     slots = cols["@t"] // SLOT_US
     types = cols["@y"].astype(np.int64)
@@ -200,9 +224,11 @@ def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dic
     tday = (types << 32) | (slots // DAY_SLOTS)      # (type, day)
     uk, ts_inv, counts = np.unique(ts, return_inverse=True, return_counts=True)
     ud, day_inv = np.unique(tday, return_inverse=True)
-    for k, c in zip(uk.tolist(), counts.tolist()):
-        out[b"t" + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("t", c)
-    for dim_code, name in dims:
+    rec = np.empty(len(uk), _T_KEY)
+    rec["tag"], rec["type"], rec["slot"] = b"t", uk >> 32, uk & 0xFFFFFFFF
+    ckeys += _split_records(rec)
+    ccounts.append(counts.astype(np.uint64))
+    for dim_code, name in sorted(dims):       # b"v" keys in ascending order: dim first
         col = global_codes(seg, name, d)
         if col is None:
             continue
@@ -214,7 +240,9 @@ def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dic
         for k, s, e in _runs(g):
             out[b"c" + dim_b + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("c", (c[s:e], cnt[s:e]))
         if name in V_DIMS:
-            out.update(zip(_value_keys(dim_code, g, c), zip(itertools.repeat("v"), cnt.tolist())))
+            order = np.lexsort((g, c))           # key order: value, then type and slot
+            ckeys += _value_keys(dim_code, g[order], c[order])
+            ccounts.append(cnt[order])
         g, c, cnt = _pair_counts(ud, day_inv[m], col[m])
         for k, s, e in _runs(g):
             out[b"C" + dim_b + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("C", (c[s:e], cnt[s:e]))
@@ -231,7 +259,9 @@ def compute(seg: Segment, dims: Iterable[tuple[int, str]], d: Dictionary) -> dic
             sg, sa = sg[first], sa[first]
             for k, s, e in _runs(sg):
                 out[tag + _TS.pack(k >> 32, k & 0xFFFFFFFF)] = ("u", sa[s:e])
-    return out
+    deltas.counter_keys = ckeys
+    deltas.counter_counts = np.concatenate(ccounts)
+    return deltas
 
 
 def _merge_counts(old: bytes, codes: np.ndarray, counts: np.ndarray) -> bytes:
@@ -259,20 +289,27 @@ def _merge_set(old: bytes, new: np.ndarray) -> bytes:
     return np.insert(oa, idx[~hit], new[~hit]).tobytes()
 
 
-def merge_into(txn: Any, db: Any, deltas: dict[bytes, tuple[str, Any]]) -> None:
-    """Add deltas to the stored rollups (read-modify-write in the follower's transaction)."""
+_ZERO8 = bytes(8)
+
+
+def merge_into(txn: Any, db: Any, deltas: Deltas) -> None:
+    """Add deltas to the stored rollups (read-modify-write in the follower's transaction).
+    Counters are 8-byte little-endian: read with one getmulti, added as one array."""
+    keys = deltas.counter_keys
+    if keys:
+        cur = txn.cursor(db=db)
+        found = cur.getmulti(keys)
+        if len(found) == len(keys):
+            old = b"".join([v for _, v in found])
+        else:
+            have = dict(found)
+            old = b"".join([have.get(k, _ZERO8) for k in keys])
+        totals = (np.frombuffer(old, "<u8") + deltas.counter_counts).astype("<u8")
+        cur.putmulti(zip(keys, totals.view("V8").tolist()))
     items = []
     get = txn.get
-    keys = sorted(deltas)
-    counters = [k for k in keys if k[:1] in b"tv"]
-    old_counts = dict(txn.cursor(db=db).getmulti(counters)) if counters else {}
-    for key in keys:
-        kind, val = deltas[key]
-        if kind == "t" or kind == "v":
-            old = old_counts.get(key)
-            total = val + (int.from_bytes(old, "little") if old is not None else 0)
-            items.append((key, total.to_bytes(8, "little")))
-            continue
+    for key in sorted(deltas.blobs):
+        kind, val = deltas.blobs[key]
         old = get(key, db=db)
         if kind == "c" or kind == "C":
             codes, counts = val

@@ -263,3 +263,43 @@ def test_rollups_catch_up_within_two_seconds_of_the_last_ack(tmp_path):
 def test_unknown_follower_mode_is_refused(tmp_path):
     with pytest.raises(StoreError, match="follower"):
         Store.open(StoreSettings(tmp_path, follower="fork"))
+
+
+def test_a_backlog_is_committed_in_few_larger_batches(tmp_path):
+    """A batch closes at batch_max events, but what is already queued joins it: after a slow
+    commit (here: the partition's write lock held by the test) the writer catches up in one
+    or two commits, not one per batch_max."""
+    s = open_store(tmp_path / "data", batch_max=100)
+    try:
+        s.record([make_event("x", {"n": -1}, time=T0)])
+        part = s.partitions()[0]
+        with part.events.begin(write=True):               # the writer blocks on this lock
+            futures = [s.submit([make_event("x", {"n": i}, time=T0 + timedelta(seconds=i))
+                                 for _ in range(100)]) for i in range(10)]
+        assert sum(f.result(10).accepted for f in futures) == 1000
+        with part.events.begin() as txn:
+            commits = txn.stat(part.log)["entries"]        # the follower's feed: one entry per commit
+        assert commits <= 3, f"1,000 queued events took {commits - 1} commits"
+    finally:
+        s.close()
+
+
+def test_the_store_shortens_the_gil_switch_interval_and_never_lengthens_it(tmp_path):
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        s = open_store(tmp_path / "a")
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        s.close()
+        sys.setswitchinterval(0.0002)
+        s = open_store(tmp_path / "b")
+        assert sys.getswitchinterval() == pytest.approx(0.0002)
+        s.close()
+        sys.setswitchinterval(0.005)
+        s = open_store(tmp_path / "c", switch_interval=None)
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        s.close()
+        with pytest.raises(StoreError, match="switch_interval"):
+            StoreSettings(tmp_path / "d", switch_interval=0).validate()
+    finally:
+        sys.setswitchinterval(before)

@@ -451,6 +451,8 @@ def run(total: int, work: Path, args: argparse.Namespace) -> int:
               f"after the last ack")
         print(f"  CPU per event: {sus['cpu_us']:.2f} us feeding (make_event) and writing, "
               f"{sus['follower_us']:.2f} us in the follower")
+        print(f"  feeder: {sus['slept']:.1f} s ahead of schedule (slept), {sus['waited']:.1f} s waiting on "
+              f"acknowledgements (more than 16 batches in flight)")
         verdict(f"sustained {args.rate:,} ev/s for {sus['seconds']:.0f} s, rollups caught up <= 2 s",
                 sus["rate"] >= 0.98 * args.rate and sus["catch_up"] <= 2.0,
                 f"{sus['rate']:,.0f} ev/s, caught up in {sus['catch_up']:.2f} s")

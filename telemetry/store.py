@@ -52,7 +52,8 @@ DEFAULT_DIMENSIONS = ("org", "project", "path", "referrer_host", "status", "cach
                       "geo_cell", "campaign")
 INDEXED = ("user", "session")          # key-only secondary indexes
 MAX_PENDING = 1_000_000                # events queued for the writer before submit refuses
-BACKLOG_BATCHES = 16                   # a batch takes up to this many batch_max of queued events
+BACKLOG_BATCHES = 4                    # a batch takes up to this many batch_max of queued events
+# (16 measured no faster and doubled the writer's private memory: 229 MiB against 95 at 1, 119 at 4)
 RETENTION_EVERY = 3600.0
 FOLLOWER_START_TIMEOUT = 60.0
 _SEQ = b"seq"

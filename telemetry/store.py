@@ -78,6 +78,9 @@ class StoreSettings:
     # events (measured: 243-247k ev/s fed instead of 250k). The store lowers the process's
     # interval to this (never raises it); None leaves it alone.
     switch_interval: float | None = 0.001
+    # The follower process waits up to this long for a small backlog to grow before folding
+    # it (follower.GATHER explains why); `flush()` never waits for it.
+    fold_gather: float = 0.5
 
     def validate(self) -> StoreSettings:
         if self.partition not in ("day", "week"):
@@ -92,6 +95,8 @@ class StoreSettings:
             raise StoreError(f"telemetry.follower: {self.follower!r} is not one of process, thread")
         if self.batch_max < 1 or self.batch_interval < 0:
             raise StoreError("telemetry.batch_max must be >= 1 and batch_interval >= 0")
+        if not 0 <= self.fold_gather <= 60:
+            raise StoreError(f"telemetry.fold_gather: {self.fold_gather!r} must be between 0 and 60 (seconds)")
         if self.switch_interval is not None and not 0 < self.switch_interval <= 1:
             raise StoreError(f"telemetry.switch_interval: {self.switch_interval!r} must be > 0 and <= 1 (seconds)")
         return self
@@ -228,6 +233,7 @@ class Store:
         self._stop_follower = threading.Event()
         self._child: Any = None                   # the follower process
         self._conn: Any = None
+        self._conn_lock = threading.Lock()         # sends to the follower process (flush, close)
         self._class_of: dict[str, str] = {}
         self._last_retention = 0.0
         self.dictionary: Dictionary
@@ -289,7 +295,8 @@ class Store:
         ctx = multiprocessing.get_context("spawn")   # never fork a process that has threads
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=follower.child_main, name="portico-telemetry-follower", daemon=True,
-                           args=(str(self.root), tuple(s.dimensions), s.sync, self._derived_map, child, os.getpid()))
+                           args=(str(self.root), tuple(s.dimensions), s.sync, self._derived_map, child, os.getpid(),
+                                 s.fold_gather))
         proc.start()
         child.close()
         self._child, self._conn = proc, parent
@@ -326,7 +333,8 @@ class Store:
             self._follower.join(timeout=30)
         if self._child is not None:
             try:
-                self._conn.send("stop")
+                with self._conn_lock:
+                    self._conn.send("stop")
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and self._conn.poll(deadline - time.monotonic()):
                     if self._conn.recv()[0] == "stopped":
@@ -687,7 +695,20 @@ class Store:
                 raise TimeoutError(f"rollups not caught up within {timeout} s "
                                    f"({sum(follower.behind(p) for p in lagging)} events behind)")
             self._nudge.set()
+            # again and again: the process may take a "now" before it has even seen a new
+            # partition's file, then wait fold_gather after folding it
+            self._hurry_child()
             time.sleep(0.005)
+
+    def _hurry_child(self) -> None:
+        """Tell the follower process to fold now instead of letting a small backlog grow."""
+        if self._child is None or self._conn is None:
+            return
+        try:
+            with self._conn_lock:
+                self._conn.send("now")
+        except (OSError, ValueError):       # gone or closed: _check_follower says so
+            pass
 
     def _check_follower(self) -> None:
         """Raise what the follower reported; StoreIOError if its process died."""

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -304,3 +305,27 @@ def test_the_store_shortens_the_gil_switch_interval_and_never_lengthens_it(tmp_p
             StoreSettings(tmp_path / "d", switch_interval=0).validate()
     finally:
         sys.setswitchinterval(before)
+
+
+def test_the_follower_lets_a_small_backlog_grow_but_flush_never_waits_for_it(tmp_path):
+    """At low rates the follower process folds what it finds, then waits fold_gather for the
+    next small backlog to grow (a fold has a fixed cost); flush() tells it to fold now."""
+    s = open_store(tmp_path / "data", fold_gather=30.0)
+    try:
+        s.record([make_event("x", {"n": i}, time=T0 + timedelta(seconds=i)) for i in range(5)])
+        s.flush(10)
+        time.sleep(0.2)                  # the process reads flush's last "now" messages, goes idle
+        s.record([make_event("x", {"n": i}, time=T0 + timedelta(seconds=10 + i)) for i in range(7)])
+        deadline = time.monotonic() + 10
+        while s.stats().pending and time.monotonic() < deadline:     # found idle: folded at once
+            time.sleep(0.02)
+        assert s.stats().pending == 0
+        s.record([make_event("x", {"n": i}, time=T0 + timedelta(seconds=20 + i)) for i in range(9)])
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert s.stats().pending == 9, "folded within fold_gather of the last fold, without a flush"
+            time.sleep(0.1)
+        s.flush(10)                                    # would time out if it waited 30 s
+        assert s.stats().pending == 0 and _count(s) == 21
+    finally:
+        s.close()

@@ -83,7 +83,7 @@ def behind(part: Partition) -> int:
 # A lookup binary-searches each segment's blob in place (a zero-copy read touches a few pages
 # of it). An LMDB key per entry cost ~1 us per event at 250k ev/s: each fold inserted its
 # entries all over the B-tree and copied most of the partition's index pages into the commit.
-# A blob per fold is written once, in sequence. Partitions folded by versions before 0.5 hold
+# A blob per fold is written once, in sequence. Partitions folded by earlier builds hold
 # one key per entry, tag + hash + row key (no b"~"), and are read too.
 IDX_SEG = b"~"
 _IDX_ENTRY = 8 + KEY_LEN
@@ -164,7 +164,7 @@ def index_lookup(txn: Any, part: Partition, tag: bytes, value_hash: int, lo: byt
         h = np.uint64(value_hash)
         a, b = int(np.searchsorted(hashes, h, "left")), int(np.searchsorted(hashes, h, "right"))
         keys.extend(k for k in rowkeys[a:b].tolist() if lo <= k < hi)
-    prefix = tag + value_hash.to_bytes(8, "big")          # the layout before 0.5
+    prefix = tag + value_hash.to_bytes(8, "big")          # the earlier key-per-entry layout
     cur = txn.cursor(part.idx)
     if cur.set_range(prefix + lo):
         for k in cur.iternext(values=False):

@@ -46,20 +46,24 @@ NEXTSEG = b"nextseg"
 SEQ = b"seq"
 
 
+def _stored_int(txn: Any, db: Any, key: bytes) -> int:
+    """A big-endian counter kept under `key` (0 when absent)."""
+    raw = txn.get(key, db=db)
+    return int.from_bytes(raw, "big") if raw else 0
+
+
 def watermark(part: Partition) -> int:
     """Last sequence number folded into the partition's derived file (0: none)."""
     if part.derived is None:
         return 0
     with part.derived.begin() as txn:
-        raw = txn.get(WM, db=part.dinfo)
-        return int.from_bytes(raw, "big") if raw else 0
+        return _stored_int(txn, part.dinfo, WM)
 
 
 def top_seq(part: Partition) -> int:
     """Last sequence number committed to the partition's rows."""
     with part.events.begin() as txn:
-        raw = txn.get(SEQ, db=part.info)
-        return int.from_bytes(raw, "big") if raw else 0
+        return _stored_int(txn, part.info, SEQ)
 
 
 def behind(part: Partition) -> int:
@@ -151,12 +155,10 @@ def index_lookup(txn: Any, part: Partition, tag: bytes, value_hash: int, lo: byt
     """Row keys in [lo, hi) of the rows whose `tag` attribute (b"u" user, b"s" session) hashes
     to `value_hash`, ascending; None when the index (as of `txn`, a read of the derived file,
     best opened with buffers=True) has not folded every row up to seq `committed` yet."""
-    raw = txn.get(WM, db=part.dinfo)
-    if (int.from_bytes(raw, "big") if raw else 0) < committed:
+    if _stored_int(txn, part.dinfo, WM) < committed:
         return None
     keys: list[bytes] = []
-    raw = txn.get(NEXTSEG, db=part.dinfo)
-    for s in range(int.from_bytes(raw, "big") if raw else 0):
+    for s in range(_stored_int(txn, part.dinfo, NEXTSEG)):
         blob = txn.get(_idx_key(s, tag), db=part.idx)
         if blob is None:
             continue
@@ -257,13 +259,11 @@ class Follower:
         deltas = rollups.compute(seg, self.dims, d) if seg is not None else None
         d.commit()   # codes before anything that refers to them
         with part.derived.begin(write=True) as txn:
-            raw = txn.get(WM, db=part.dinfo)
-            if raw is not None and int.from_bytes(raw, "big") >= top:
+            if _stored_int(txn, part.dinfo, WM) >= top:
                 return
             if seg is not None:
                 tail_raw = txn.get(TAIL, db=part.dinfo)
-                nxt_raw = txn.get(NEXTSEG, db=part.dinfo)
-                nxt = int.from_bytes(nxt_raw, "big") if nxt_raw else 0
+                nxt = _stored_int(txn, part.dinfo, NEXTSEG)
                 target, merged = nxt, seg
                 if tail_raw is not None:
                     tail = int.from_bytes(tail_raw, "big")

@@ -197,9 +197,6 @@ class Deltas:
         self.counter_counts: np.ndarray = np.zeros(0, np.uint64)
         self.blobs: dict[bytes, tuple[str, Any]] = {}
 
-    def __len__(self) -> int:
-        return len(self.counter_keys) + len(self.blobs)
-
 
 _T_KEY = np.dtype([("tag", "S1"), ("type", ">u4"), ("slot", ">u4")])
 

@@ -21,6 +21,10 @@ order, and only the hooks they define.
   that hook (`AddonManager.handle_lifecycle`). So a bundle early in the chain still
   records each flow as the last addon would: after the cache, the guards and every
   other response hook, without an entry of its own at the end of the chain.
+  The bundle has an `update` attribute only while some flow has such a hook due:
+  mitmproxy sends `update` after every flow event (requestheaders, request,
+  responseheaders, response...) and looks the hook up by name each time, so the other
+  five or so per request cost a failed `getattr` instead of a call with `Hook.args()`.
 - A part with a `request_paths` attribute (a set of exact request paths, no query) has its
   `request` hook called only for those paths: the bundle reads the path once and looks it
   up, instead of every endpoint decoding and comparing it on every request. Such parts
@@ -34,6 +38,7 @@ order, and only the hooks they define.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -96,8 +101,9 @@ class Bundle:
         self._due: dict[str, tuple[Callable[..., Any], ...]] = {
             hook: tuple(getattr(p, hook) for p in self.after_chain if callable(getattr(p, hook, None)))
             for hook in DEFERRED}
-        if any(self._due.values()):
-            self.update = self._update  # only then: mitmproxy calls `update` after every flow event
+        # flows with a deferred hook due; `update` exists only while this is not empty (a flow
+        # that ends without its update, e.g. killed, drops out when it is collected)
+        self._due_flows: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # --- mitmproxy hooks -----------------------------------------------------------------
 
@@ -119,12 +125,12 @@ class Bundle:
 
     def response(self, flow: Any) -> Awaitable[None] | None:
         if self._due["response"]:
-            flow.metadata[_DUE] = "response"
+            self._mark_due(flow, "response")
         return self._call(self._hooks["response"], (flow,))
 
     def error(self, flow: Any) -> Awaitable[None] | None:
         if self._due["error"]:
-            flow.metadata[_DUE] = "error"
+            self._mark_due(flow, "error")
         return self._call(self._hooks["error"], (flow,))
 
     def running(self) -> Awaitable[None] | None:
@@ -133,6 +139,12 @@ class Bundle:
     def done(self) -> Awaitable[None] | None:
         return self._call(self._hooks["done"], ())
 
+    def _mark_due(self, flow: Any, hook: str) -> None:
+        """`hook` of the after_chain parts is due at the flow's next `update`."""
+        flow.metadata[_DUE] = hook
+        self._due_flows.add(flow)
+        self.update = self._update
+
     def _update(self, flows: Sequence[Any]) -> Awaitable[None] | None:
         """The after_chain parts' deferred hook for each flow that has one due."""
         pending: list[Awaitable[Any]] = []
@@ -140,9 +152,12 @@ class Bundle:
             metadata = getattr(flow, "metadata", None)
             hook = metadata.pop(_DUE, None) if metadata else None
             if hook is not None:
+                self._due_flows.discard(flow)
                 result = self._call(self._due[hook], (flow,))
                 if result is not None:
                     pending.append(result)
+        if not self._due_flows and "update" in self.__dict__:
+            del self.update  # nothing due: mitmproxy's next `update` finds no hook here
         return self._gather(pending) if pending else None
 
     # --- calling ---------------------------------------------------------------------------

@@ -133,6 +133,34 @@ def test_after_chain_parts_run_once_the_whole_chain_has_run_the_hook():
         asyncio.run(run())
     assert log == [("later", ""), ("recorded", "seen"), ("error", "error")]
     assert "portico.bundle.due" not in flow.metadata
+    assert not hasattr(bundle, "update")  # nothing due: mitmproxy's updates find no hook
+
+
+def test_update_hook_exists_only_while_a_deferred_hook_is_due():
+    """mitmproxy sends `update` after every flow event; the bundle answers only while some
+    flow has its recorders due, and a flow that never gets its update doesn't pin it."""
+    import gc
+
+    from mitmproxy.test import tflow
+
+    log = []
+    bundle = Bundle("b", [], after_chain=[Recording(log)])
+    assert not hasattr(bundle, "update")
+    first, second = tflow.tflow(resp=True), tflow.tflow(resp=True)
+    bundle.response(first)
+    bundle.response(second)
+    assert callable(bundle.update)
+    bundle.update([first])
+    assert callable(bundle.update)  # the second flow is still due
+    bundle.update([second])
+    assert not hasattr(bundle, "update") and len(log) == 2
+    lost = tflow.tflow(resp=True)
+    bundle.response(lost)  # killed before its update
+    del lost
+    gc.collect()
+    other = tflow.tflow(resp=True)
+    bundle.update([other])  # the next update of any flow finds nothing due any more
+    assert not hasattr(bundle, "update") and len(log) == 2
 
 
 def test_chain_entry_joins_bundles_in_order_and_keeps_every_part_findable():

@@ -9,8 +9,15 @@ external links, then three `portico run` in front of it (the telemetry store ope
   the issue's "tracking, HTML rewriting and injection on";
 - "on+log": the same plus the operators' combined access log to a file (off by default, an
   ops feature of its own), so its cost is visible too.
-All do the same upstream work. Rounds rotate off/on/on+log so that drift (thermal, other
-processes) hits every side alike; ratios are taken per round and their median reported.
+All do the same upstream work. Two kinds of noise on this shared 2-core machine, both
+measured: its speed drifts by +-20% within minutes (another tenant, CPU frequency), and two
+gateway processes with the same code and config differ by up to ~7% for their whole life
+(hash seeds, memory layout). So "off" and "on" each run as `--copies` processes (2 by
+default; a side's figure in a round is the mean of its copies), and each round measures
+every process for a short window (5 s, after one warm-up each), back to back, in one order
+and then reversed in the next round (ABC CBA: a steady drift cancels out within a pair of
+rounds). Ratios are taken per round; their median over the rounds is reported with the
+interquartile range.
 
 Two pages:
 - `/page`: the same bytes every time (a static page: the HTML editor's memo hits);
@@ -19,7 +26,7 @@ Two pages:
 Then POSTs beacon batches (10 events each) with wrk and reports events/s answered 202
 (durable). Measured with `wrk` (Debian package).
 
-Usage: .venv/bin/python bench/tracking.py [--duration 10] [--connections 16] [--rounds 5]
+Usage: .venv/bin/python bench/tracking.py [--duration 5] [--connections 16] [--rounds 10] [--copies 2]
 Target: tracking on >= 0.9x tracking off.
 """
 
@@ -37,8 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    conditions, free_port, kill_all, measure, print_results, require_tools, run_wrk, start_portico, start_upstream,
-    stop,
+    conditions, free_port, kill_all, print_results, require_tools, run_wrk, start_portico, start_upstream, stop,
     wrk_parser,
 )
 
@@ -95,7 +101,8 @@ def start_gateway(tmp: Path, name: str, port: int, up_port: int, side: str) -> s
 
 def check_sides(ports: dict[str, int]) -> None:
     """Refuse to measure unless the tracking sides really edit the page and the off side doesn't."""
-    for side, port in ports.items():
+    for name, port in ports.items():
+        side = name.split("#")[0]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/unique", timeout=10) as resp:  # noqa: S310
             page = resp.read()
         edited = page.count(b'href="/_portico/out?') == 12 and b'<script src="/_portico/t.js"' in page
@@ -105,8 +112,9 @@ def check_sides(ports: dict[str, int]) -> None:
 
 
 def main() -> int:
-    parser = wrk_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=5)  # the machine is shared: medians of several
+    parser = wrk_parser(__doc__, duration=5)
+    parser.add_argument("--rounds", type=int, default=10)  # the machine is shared: medians of many rounds
+    parser.add_argument("--copies", type=int, default=2, help="gateway processes for off and for on")
     args = parser.parse_args()
     require_tools("wrk")
     upstream, up_port = start_upstream(b"", respond=PageResponder())
@@ -116,23 +124,29 @@ def main() -> int:
                                                    for side in ("on", "on+log")}
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        ports = {}
+        ports: dict[str, int] = {}  # "off#0", "off#1", "on#0", "on#1", "on+log#0"
         for side in SIDES:
-            ports[side] = free_port()
-            procs.append(start_gateway(tmp, f"tracking-{side.replace('+', '-')}", ports[side], up_port, side))
+            for copy in range(args.copies if side != "on+log" else 1):
+                name = f"{side}#{copy}"
+                ports[name] = free_port()
+                procs.append(start_gateway(tmp, f"tracking-{side.replace('+', '-')}-{copy}", ports[name], up_port,
+                                           side))
         check_sides(ports)
         for page in ("/page", "/unique"):
+            for name in ports:  # warm-up: connections, lazy imports, memos, the follower's first folds
+                run_wrk(f"http://127.0.0.1:{ports[name]}{page}?utm_source=bench", 2, args.connections)
             for r in range(1, args.rounds + 1):
-                got = {}
-                for side in SIDES:
-                    url = f"http://127.0.0.1:{ports[side]}{page}?utm_source=bench"
-                    got[side] = results[f"{page} {side} #{r}"] = measure(url, args.duration, args.connections)
+                got: dict[str, list[float]] = {}
+                for name in (list(ports) if r % 2 else list(ports)[::-1]):  # ABC, CBA, ...
+                    url = f"http://127.0.0.1:{ports[name]}{page}?utm_source=bench"
+                    result = results[f"{page} {name} #{r}"] = run_wrk(url, args.duration, args.connections)
+                    got.setdefault(name.split("#")[0], []).append(result["rps"])
                 for side in ("on", "on+log"):
-                    ratios[(page, side)].append(got[side]["rps"] / got["off"]["rps"])
+                    ratios[(page, side)].append(statistics.mean(got[side]) / statistics.mean(got["off"]))
         script = tmp / "beacon.lua"
         script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(EVENTS)}\n'
                           'wrk.headers["Content-Type"] = "text/plain;charset=UTF-8"\n')
-        results["beacon (10 events)"] = run_wrk(f"http://127.0.0.1:{ports['on']}/_portico/b", args.duration,
+        results["beacon (10 events)"] = run_wrk(f"http://127.0.0.1:{ports['on#0']}/_portico/b", 10,
                                                 args.connections, script=script)
         for proc in procs:
             stop(proc)
@@ -140,12 +154,15 @@ def main() -> int:
         kill_all([*procs, upstream])
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nHTML route ({len(BODY)} bytes, 12 external links), {conditions(args)}")
+    print(f"\nHTML route ({len(BODY)} bytes, 12 external links), {conditions(args)}, {args.rounds} rounds, "
+          f"{args.copies} processes each for off and on")
     print_results(results.items(), 22)
     for (page, side), values in ratios.items():
         target = " (target >= 0.90)" if side == "on" else " (access log too: not in the target)"
+        q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
         print(f"ratio {side + '/off':10} {page:8}: median {statistics.median(values):.2f}x{target}, "
-              f"range {min(values):.2f}-{max(values):.2f}, rounds: {', '.join(f'{v:.2f}' for v in values)}")
+              f"interquartile {q1:.2f}-{q3:.2f}, range {min(values):.2f}-{max(values):.2f}, "
+              f"rounds: {', '.join(f'{v:.2f}' for v in values)}")
     print(f"beacon endpoint: {results['beacon (10 events)']['rps'] * 10:.0f} events/s durable (202)")
     return 0
 

@@ -32,7 +32,9 @@ Target: tracking on >= 0.9x tracking off.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -99,6 +101,24 @@ def start_gateway(tmp: Path, name: str, port: int, up_port: int, side: str) -> s
     return start_portico(config, port)
 
 
+def cpu_ns(pid: int) -> dict[str, int]:
+    """On-CPU nanoseconds so far (Linux schedstat) of the gateway's main thread, its other
+    threads (the store's writer...) and its child processes (the follower); {} elsewhere."""
+    out = {"main": 0, "threads": 0, "children": 0}
+    try:
+        children = [int(c) for p in glob.glob(f"/proc/{pid}/task/*/children")
+                    for c in open(p).read().split()]  # noqa: SIM115 - /proc files, read at once
+        for proc in (pid, *children):
+            for task in glob.glob(f"/proc/{proc}/task/*"):
+                with open(f"{task}/schedstat") as f:
+                    ns = int(f.read().split()[0])
+                kind = "children" if proc != pid else "main" if task.endswith(f"/{pid}") else "threads"
+                out[kind] += ns
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
 def check_sides(ports: dict[str, int]) -> None:
     """Refuse to measure unless the tracking sides really edit the page and the off side doesn't."""
     for name, port in ports.items():
@@ -123,6 +143,7 @@ def main() -> int:
     ratios: dict[tuple[str, str], list[float]] = {(page, side): [] for page in ("/page", "/unique")
                                                    for side in ("on", "on+log")}
     procs: list[subprocess.Popen[bytes]] = []
+    cpu: dict[tuple[str, str, str], list[float]] = {}  # (page, side, part) -> us of CPU per request, per run
     try:
         ports: dict[str, int] = {}  # "off#0", "off#1", "on#0", "on#1", "on+log#0"
         for side in SIDES:
@@ -139,8 +160,14 @@ def main() -> int:
                 got: dict[str, list[float]] = {}
                 for name in (list(ports) if r % 2 else list(ports)[::-1]):  # ABC, CBA, ...
                     url = f"http://127.0.0.1:{ports[name]}{page}?utm_source=bench"
+                    pid = procs[list(ports).index(name)].pid
+                    before = cpu_ns(pid)
                     result = results[f"{page} {name} #{r}"] = run_wrk(url, args.duration, args.connections)
+                    after = cpu_ns(pid)
                     got.setdefault(name.split("#")[0], []).append(result["rps"])
+                    for part in after if before else ():
+                        cpu.setdefault((page, name.split("#")[0], part), []).append(
+                            (after[part] - before[part]) / 1000 / max(1.0, result["rps"] * args.duration))
                 for side in ("on", "on+log"):
                     ratios[(page, side)].append(statistics.mean(got[side]) / statistics.mean(got["off"]))
         script = tmp / "beacon.lua"
@@ -163,6 +190,14 @@ def main() -> int:
         print(f"ratio {side + '/off':10} {page:8}: median {statistics.median(values):.2f}x{target}, "
               f"interquartile {q1:.2f}-{q3:.2f}, range {min(values):.2f}-{max(values):.2f}, "
               f"rounds: {', '.join(f'{v:.2f}' for v in values)}")
+    if cpu:
+        print("CPU per request (Linux schedstat, median of the runs; the main thread runs the event loop,"
+              " threads = the store's writer..., children = the follower process):")
+        for page in ("/page", "/unique"):
+            for side in SIDES:
+                parts = {part: statistics.median(cpu[(page, side, part)]) for part in ("main", "threads", "children")
+                         if (page, side, part) in cpu}
+                print(f"  {page:8} {side:7} " + ", ".join(f"{part} {us:6.1f} us" for part, us in parts.items()))
     print(f"beacon endpoint: {results['beacon (10 events)']['rps'] * 10:.0f} events/s durable (202)")
     return 0
 

@@ -166,10 +166,20 @@ def _mixed_column(name: str, vals: list[Any], n: int, cols: dict[str, np.ndarray
         _add_scalar_or_mixed(f"{name}.{mk}", col, n, cols, dicts)
 
 
-def _remap(values_a: list[Any], values_b: list[Any]) -> tuple[list[Any], np.ndarray]:
-    """Merged dictionary (a's values, then b's new ones) and b's code -> merged code table."""
-    pos = {_vkey(v): i + 1 for i, v in enumerate(values_a)}
-    merged = list(values_a)
+def _remap(values_a: list[Any], values_b: list[Any],
+           pos: dict[Any, int] | None = None) -> tuple[list[Any], np.ndarray]:
+    """Merged dictionary (a's values, then b's new ones) and b's code -> merged code table.
+
+    With `pos` (a's value -> code, as `_positions` builds it, kept by the caller from the
+    previous merge) a's values are neither walked nor copied: `values_a` and `pos` are
+    extended in place with b's new values. That is what makes the follower's small folds
+    cheap: it merges each new chunk into the same tail segment again and again.
+    """
+    if pos is None:
+        pos = _positions(values_a)
+        merged = list(values_a)
+    else:
+        merged = values_a
     table = np.zeros(len(values_b) + 1, np.uint32)
     for j, v in enumerate(values_b):
         k = _vkey(v)
@@ -181,8 +191,19 @@ def _remap(values_a: list[Any], values_b: list[Any]) -> tuple[list[Any], np.ndar
     return merged, table
 
 
-def concat(a: Segment, b: Segment) -> Segment:
-    """One segment holding a's rows then b's (local dictionaries merged)."""
+def _positions(values: list[Any]) -> dict[Any, int]:
+    """Local dictionary value (under `_vkey`) -> its code (1-based)."""
+    return {_vkey(v): i + 1 for i, v in enumerate(values)}
+
+
+def concat(a: Segment, b: Segment, positions: dict[str, dict[Any, int]] | None = None) -> Segment:
+    """One segment holding a's rows then b's (local dictionaries merged).
+
+    `positions` (name -> value -> code of a's local dictionaries, possibly empty) is for a
+    caller that merges into the result again (the follower's tail): missing entries are
+    built, all are extended to the result's dictionaries, and a's dictionary lists are
+    extended in place, so `a` must not be used afterwards.
+    """
     n = a.n + b.n
     cols: dict[str, np.ndarray] = {}
     dicts: dict[str, list[Any]] = {}
@@ -191,7 +212,19 @@ def concat(a: Segment, b: Segment) -> Segment:
         kind = name[0]
         table = None
         if kind in "cm":
-            merged, table = _remap(a.dicts.get(name, []), b.dicts.get(name, []))
+            if positions is None:
+                merged, table = _remap(a.dicts.get(name, []), b.dicts.get(name, []))
+            else:
+                values_a = a.dicts.get(name)
+                if values_a is None:
+                    values_a = []
+                    positions.pop(name, None)
+                elif type(values_a) is not list:  # extended in place below
+                    values_a = list(values_a)
+                pos = positions.get(name)
+                if pos is None:
+                    pos = positions[name] = _positions(values_a)
+                merged, table = _remap(values_a, b.dicts.get(name, []), pos)
             dicts[name] = merged
         if kind == "m":
             rows, codes = [], []

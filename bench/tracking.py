@@ -198,6 +198,10 @@ def main() -> int:
                 parts = {part: statistics.median(cpu[(page, side, part)]) for part in ("main", "threads", "children")
                          if (page, side, part) in cpu}
                 print(f"  {page:8} {side:7} " + ", ".join(f"{part} {us:6.1f} us" for part, us in parts.items()))
+            if (page, "on", "main") in cpu:
+                off_us, on_us = (statistics.median(cpu[(page, side, "main")]) for side in ("off", "on"))
+                print(f"  {page:8} the event loop's thread (which limits throughput): on costs {on_us - off_us:+.0f} us"
+                      f" a request, off/on {off_us / on_us:.2f}x")
     print(f"beacon endpoint: {results['beacon (10 events)']['rps'] * 10:.0f} events/s durable (202)")
     return 0
 

@@ -276,6 +276,26 @@ def test_gzip_page_is_decoded_and_encoded_once_and_memo_gives_the_same_bytes(edi
     assert "f=%2Fother" in gzip.decompress(other.response.raw_content).decode()
 
 
+def test_memo_hit_is_exact_even_when_two_bodies_share_a_hash(editor, monkeypatch):
+    """The memo is keyed by Python's hash of the body; a hit also compares the body itself,
+    so a body that collides with another (every body here: hash forced to 0) is edited
+    afresh, never given the other body's result."""
+    import addons.htmledit as htmledit
+
+    monkeypatch.setattr(htmledit, "hash", lambda _: 0, raising=False)
+    first = PAGE.replace("example.net/x", "example.net/a")
+    second = PAGE.replace("example.net/x", "example.net/b")   # same length, other link
+    assert len(first) == len(second)
+    outputs = []
+    for body in (first, second, first):
+        f = encoded_flow("/p", body.encode(), "identity")
+        editor.response(f)
+        html = f.response.raw_content.decode()
+        link = html.split('href="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+        outputs.append(check_redirect(SECRET, link.split("?", 1)[1])[0])
+    assert outputs == ["https://example.net/a", "https://example.net/b", "https://example.net/a"]
+
+
 def test_unknown_content_encoding_and_non_html_are_left_alone(editor):
     f = encoded_flow("/p", b"\x00\x01garbage", "x-custom")
     editor.response(f)

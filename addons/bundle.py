@@ -49,8 +49,6 @@ from mitmproxy import exceptions, hooks
 
 FORWARDED = ("request", "response", "error", "running", "done")
 DEFERRED = ("response", "error")
-# flow.metadata key: which after_chain hook is due at the flow's next `update`
-_DUE = "portico.bundle.due"
 
 
 class BundleError(ValueError):
@@ -101,9 +99,9 @@ class Bundle:
         self._due: dict[str, tuple[Callable[..., Any], ...]] = {
             hook: tuple(getattr(p, hook) for p in self.after_chain if callable(getattr(p, hook, None)))
             for hook in DEFERRED}
-        # flows with a deferred hook due; `update` exists only while this is not empty (a flow
-        # that ends without its update, e.g. killed, drops out when it is collected)
-        self._due_flows: weakref.WeakSet[Any] = weakref.WeakSet()
+        # flow -> the after_chain hook due at its next `update`; `update` exists only while this
+        # is not empty (a flow that ends without its update, e.g. killed, drops out when collected)
+        self._due_flows: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
     # --- mitmproxy hooks -----------------------------------------------------------------
 
@@ -141,18 +139,15 @@ class Bundle:
 
     def _mark_due(self, flow: Any, hook: str) -> None:
         """`hook` of the after_chain parts is due at the flow's next `update`."""
-        flow.metadata[_DUE] = hook
-        self._due_flows.add(flow)
+        self._due_flows[flow] = hook
         self.update = self._update
 
     def _update(self, flows: Sequence[Any]) -> Awaitable[None] | None:
         """The after_chain parts' deferred hook for each flow that has one due."""
         pending: list[Awaitable[Any]] = []
         for flow in flows:
-            metadata = getattr(flow, "metadata", None)
-            hook = metadata.pop(_DUE, None) if metadata else None
+            hook = self._due_flows.pop(flow, None)
             if hook is not None:
-                self._due_flows.discard(flow)
                 result = self._call(self._due[hook], (flow,))
                 if result is not None:
                     pending.append(result)

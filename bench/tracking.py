@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -142,16 +141,16 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     ratios: dict[tuple[str, str], list[float]] = {(page, side): [] for page in ("/page", "/unique")
                                                    for side in ("on", "on+log")}
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}  # "off#0", "off#1", "on#0", "on#1", "on+log#0"
     cpu: dict[tuple[str, str, str], list[float]] = {}  # (page, side, part) -> us of CPU per request, per run
     try:
-        ports: dict[str, int] = {}  # "off#0", "off#1", "on#0", "on#1", "on+log#0"
+        ports: dict[str, int] = {}
         for side in SIDES:
             for copy in range(args.copies if side != "on+log" else 1):
                 name = f"{side}#{copy}"
                 ports[name] = free_port()
-                procs.append(start_gateway(tmp, f"tracking-{side.replace('+', '-')}-{copy}", ports[name], up_port,
-                                           side))
+                procs[name] = start_gateway(tmp, f"tracking-{side.replace('+', '-')}-{copy}", ports[name], up_port,
+                                            side)
         check_sides(ports)
         for page in ("/page", "/unique"):
             for name in ports:  # warm-up: connections, lazy imports, memos, the follower's first folds
@@ -160,7 +159,7 @@ def main() -> int:
                 got: dict[str, list[float]] = {}
                 for name in (list(ports) if r % 2 else list(ports)[::-1]):  # ABC, CBA, ...
                     url = f"http://127.0.0.1:{ports[name]}{page}?utm_source=bench"
-                    pid = procs[list(ports).index(name)].pid
+                    pid = procs[name].pid
                     before = cpu_ns(pid)
                     result = results[f"{page} {name} #{r}"] = run_wrk(url, args.duration, args.connections)
                     after = cpu_ns(pid)
@@ -175,10 +174,10 @@ def main() -> int:
                           'wrk.headers["Content-Type"] = "text/plain;charset=UTF-8"\n')
         results["beacon (10 events)"] = run_wrk(f"http://127.0.0.1:{ports['on#0']}/_portico/b", 10,
                                                 args.connections, script=script)
-        for proc in procs:
+        for proc in procs.values():
             stop(proc)
     finally:
-        kill_all([*procs, upstream])
+        kill_all([*procs.values(), upstream])
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nHTML route ({len(BODY)} bytes, 12 external links), {conditions(args)}, {args.rounds} rounds, "

@@ -216,6 +216,35 @@ class _ServiceBindRefused(Exception):
     pass
 
 
+class _NotLdap(Exception):
+    """The peer answered with bytes ldap3 cannot decode: whatever listens there is not LDAP."""
+
+
+_DECODER_ERRORS = (KeyError, IndexError, ValueError, TypeError)
+
+
+def _garbled_answer(e: BaseException) -> bool:
+    """True if `e` is ldap3 failing to decode what the peer sent.
+
+    ldap3's BER decoder raises bare KeyError, IndexError, ValueError or TypeError on bytes that
+    are not LDAP (a URL pointing at another service; in CI once, a connection that reached
+    itself and read back its own bind request). Such a server is unusable, like one refusing
+    connections, and the next URL must be tried. The same exception types raised by our own
+    code are bugs and must not pass for an outage, hence the check of where it was raised.
+    """
+    if not isinstance(e, _DECODER_ERRORS):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("ldap3.")
+
+
+def _not_ldap(url: str, e: BaseException) -> _NotLdap:
+    return _NotLdap(f"{url} answered with something that is not LDAP "
+                    f"({type(e).__name__}: {_describe(e)}); check that the URL names an LDAP port")
+
+
 class _Pool:
     """Up to `size` open connections; opened lazily against the URLs in order."""
 
@@ -562,7 +591,11 @@ class LdapDirectory:
                     return op(lease.conn)
                 except (InvalidCredentials, DirectoryUnavailable):
                     raise
-                except (LDAPException, OSError, ssl.SSLError) as e:
+                except (LDAPException, OSError, ssl.SSLError, *_DECODER_ERRORS) as e:
+                    if isinstance(e, _DECODER_ERRORS):
+                        if not _garbled_answer(e):
+                            raise
+                        e = _not_ldap(self._url_of(lease.conn), e)
                     lease.broken = True
                     last = e
                     log.info("LDAP %s on %s failed (%s); reconnecting", what,
@@ -582,7 +615,7 @@ class LdapDirectory:
         for url in self._ordered_urls():
             try:
                 conn = self._open_url(url, service)
-            except (LDAPException, OSError, ssl.SSLError, _ServiceBindRefused) as e:
+            except (LDAPException, OSError, ssl.SSLError, _ServiceBindRefused, _NotLdap) as e:
                 errors.append(f"{url}: {_describe(e)}")
                 with self._failed_lock:
                     self._failed_urls[url] = self._clock()
@@ -617,7 +650,9 @@ class LdapDirectory:
                     raise _ServiceBindRefused(
                         f"service account bind as {s.bind_dn!r} refused: "
                         f"{conn.result.get('description')}; check ldap.bind_dn and its password")
-        except BaseException:
+        except BaseException as e:
             _close_quietly(conn)
+            if _garbled_answer(e):
+                raise _not_ldap(url, e) from e
             raise
         return conn

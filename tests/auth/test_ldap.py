@@ -14,7 +14,7 @@ import pytest
 
 from auth.errors import AccountDisabled, DirectoryUnavailable, InvalidCredentials
 from auth.ldap import LdapDirectory, LdapSettings
-from tests.auth.slapd import (GROUPS, SERVICE_DN, SERVICE_PW, SUFFIX, Slapd, free_port, group_dn,
+from tests.auth.slapd import (GROUPS, SERVICE_DN, SERVICE_PW, SUFFIX, Slapd, group_dn,
                               make_ca, user_dn)
 
 
@@ -48,8 +48,10 @@ def directory(slapd: Slapd, service_pw_env: str) -> Iterator[LdapDirectory]:
     d.close()
 
 
-def closed_url() -> str:
-    return f"ldap://127.0.0.1:{free_port()}"
+@pytest.fixture
+def closed_url(refused_port: int) -> str:
+    """An LDAP URL whose port refuses connections (see tests/conftest.py for why it is held)."""
+    return f"ldap://127.0.0.1:{refused_port}"
 
 
 @pytest.fixture
@@ -105,9 +107,10 @@ def test_wrong_password_and_unknown_user_raise_the_same_exception_type(directory
     assert "not-her-password" not in str(wrong.value)
 
 
-def test_empty_password_is_refused_without_contacting_the_directory(service_pw_env: str) -> None:
+def test_empty_password_is_refused_without_contacting_the_directory(closed_url: str,
+                                                                    service_pw_env: str) -> None:
     # nothing listens at this URL: reaching the network would raise DirectoryUnavailable
-    d = LdapDirectory(settings(closed_url(), service_pw_env))
+    d = LdapDirectory(settings(closed_url, service_pw_env))
     with pytest.raises(InvalidCredentials) as e:
         d.authenticate("alice", "")
     assert e.value.reason == "empty_password"
@@ -183,8 +186,9 @@ def test_password_is_not_kept_on_connections_caches_or_logs(
 
 # --- outages, timeouts, failover, reconnect -------------------------------------------------
 
-def test_directory_down_is_unavailable_not_bad_credentials(service_pw_env: str) -> None:
-    d = LdapDirectory(settings(closed_url(), service_pw_env))
+def test_directory_down_is_unavailable_not_bad_credentials(closed_url: str,
+                                                           service_pw_env: str) -> None:
+    d = LdapDirectory(settings(closed_url, service_pw_env))
     with pytest.raises(DirectoryUnavailable) as e:
         d.authenticate("alice", "alice-pw")
     assert not isinstance(e.value, InvalidCredentials)
@@ -208,9 +212,9 @@ def test_hung_directory_honours_the_response_timeout(blackhole: str, service_pw_
     assert time.monotonic() - started < 5
 
 
-def test_urls_are_tried_in_order_until_one_answers(slapd: Slapd, blackhole: str,
+def test_urls_are_tried_in_order_until_one_answers(closed_url: str, slapd: Slapd, blackhole: str,
                                                     service_pw_env: str) -> None:
-    d = LdapDirectory(settings([closed_url(), blackhole, slapd.ldap_url], service_pw_env))
+    d = LdapDirectory(settings([closed_url, blackhole, slapd.ldap_url], service_pw_env))
     assert d.authenticate("bob", "bob-pw").username == "bob"
     # the failed URLs are now tried last: the next connection does not wait for the blackhole
     started = time.monotonic()
@@ -240,10 +244,10 @@ def test_wrong_service_account_password_is_unavailable_and_names_the_dn(
     assert SERVICE_DN in str(e.value) and "definitely-wrong" not in str(e.value)
 
 
-def test_health_check(slapd: Slapd, service_pw_env: str) -> None:
+def test_health_check(closed_url: str, slapd: Slapd, service_pw_env: str) -> None:
     LdapDirectory(settings(slapd.ldap_url, service_pw_env)).check()
     with pytest.raises(DirectoryUnavailable):
-        LdapDirectory(settings(closed_url(), service_pw_env)).check()
+        LdapDirectory(settings(closed_url, service_pw_env)).check()
 
 
 def test_service_password_from_file(slapd: Slapd, tmp_path: Path) -> None:

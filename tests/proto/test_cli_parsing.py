@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -144,22 +143,16 @@ def test_buckets_render_in_the_query_zone():
     assert ca.format_bucket(ts, "Europe/Berlin") == "2026-11-02T00:00:00+01:00"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_unreachable_server_is_one_line_and_exit_1(capsys):
-    port = _closed_port()
+def test_unreachable_server_is_one_line_and_exit_1(capsys, refused_port):
+    port = refused_port
     code = main(["query", "--server", f"127.0.0.1:{port}", "--from", "-7d", "--to", "now"])
     err = capsys.readouterr().err
     assert code == 1
     assert err == f"portico: server 127.0.0.1:{port} unreachable (connection refused)\n"
 
 
-def test_record_to_an_unreachable_server_is_one_line_and_exit_1(tmp_path, capsys):
-    port = _closed_port()
+def test_record_to_an_unreachable_server_is_one_line_and_exit_1(tmp_path, capsys, refused_port):
+    port = refused_port
     path = tmp_path / "events.jsonl"
     path.write_text('{"type": "signup"}\n' * 5)
     code = main(["events", "record", str(path), "--server", f"127.0.0.1:{port}", "--batch-size", "2"])
@@ -167,8 +160,8 @@ def test_record_to_an_unreachable_server_is_one_line_and_exit_1(tmp_path, capsys
     assert capsys.readouterr().err == f"portico: server 127.0.0.1:{port} unreachable (connection refused)\n"
 
 
-def test_server_from_environment(capsys, monkeypatch):
-    port = _closed_port()
+def test_server_from_environment(capsys, monkeypatch, refused_port):
+    port = refused_port
     monkeypatch.setenv("PORTICO_SERVER", f"127.0.0.1:{port}")
     assert main(["stats"]) == 1
     assert f"127.0.0.1:{port} unreachable" in capsys.readouterr().err
@@ -185,8 +178,8 @@ def test_server_from_environment(capsys, monkeypatch):
     (["funnel", "--step", "a", "--within", "soon"], "duration 'soon'"),
     (["events", "record", "/nonexistent/file.jsonl"], "no such file"),
 ])
-def test_usage_errors_exit_2_without_contacting_a_server(capsys, argv, message):
-    port = _closed_port()
+def test_usage_errors_exit_2_without_contacting_a_server(capsys, argv, message, refused_port):
+    port = refused_port
     assert main([*argv, "--server", f"127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -162,8 +162,6 @@ def wrk_parser(doc: str, duration: int = 10) -> argparse.ArgumentParser:
     return parser
 
 
-# ---- load-old--------------------------------------------------------------------------------
-
 def run_wrk(url: str, duration: int, connections: int, headers: Mapping[str, str] | None = None,
             script: Path | None = None) -> Result:
     """One `wrk -t1` run: requests/s, p50/p99 latency in ms, and the count of non-2xx/3xx answers."""

@@ -10,14 +10,14 @@ external links, then three `portico run` in front of it (the telemetry store ope
 - "on+log": the same plus the operators' combined access log to a file (off by default, an
   ops feature of its own), so its cost is visible too.
 All do the same upstream work. Two kinds of noise on this shared 2-core machine, both
-measured: its speed drifts by +-20% within minutes (another tenant, CPU frequency), and two
-gateway processes with the same code and config differ by up to ~7% for their whole life
-(hash seeds, memory layout). So "off" and "on" each run as `--copies` processes (2 by
-default; a side's figure in a round is the mean of its copies), and each round measures
-every process for a short window (5 s, after one warm-up each), back to back, in one order
-and then reversed in the next round (ABC CBA: a steady drift cancels out within a pair of
-rounds). Ratios are taken per round; their median over the rounds is reported with the
-interquartile range.
+measured: its speed drifts by +-20% within minutes (another tenant, CPU frequency), and a
+gateway process is faster or slower than another with the same code and config by up to
+~8% for its whole life (memory layout: fixing PYTHONHASHSEED does not remove it). So every
+round starts fresh processes (a new draw of that luck for each side), measures each for a
+short window (5 s, after a warm-up of each page), back to back, in one order and then
+reversed in the next round (ABC CBA, pages too: a steady drift cancels out within a pair of
+rounds), and stops them. Ratios are taken per round; their median over the rounds is
+reported with the interquartile range.
 
 Two pages:
 - `/page`: the same bytes every time (a static page: the HTML editor's memo hits);
@@ -26,7 +26,7 @@ Two pages:
 Then POSTs beacon batches (10 events each) with wrk and reports events/s answered 202
 (durable). Measured with `wrk` (Debian package).
 
-Usage: .venv/bin/python bench/tracking.py [--duration 5] [--connections 16] [--rounds 10] [--copies 2]
+Usage: .venv/bin/python bench/tracking.py [--duration 5] [--connections 16] [--rounds 10]
 Target: tracking on >= 0.9x tracking off.
 """
 
@@ -133,46 +133,44 @@ def check_sides(ports: dict[str, int]) -> None:
 def main() -> int:
     parser = wrk_parser(__doc__, duration=5)
     parser.add_argument("--rounds", type=int, default=10)  # the machine is shared: medians of many rounds
-    parser.add_argument("--copies", type=int, default=2, help="gateway processes for off and for on")
     args = parser.parse_args()
     require_tools("wrk")
     upstream, up_port = start_upstream(b"", respond=PageResponder())
     tmp = Path(tempfile.mkdtemp(prefix="portico-bench-tracking-"))
     results: dict[str, dict[str, float]] = {}
-    ratios: dict[tuple[str, str], list[float]] = {(page, side): [] for page in ("/page", "/unique")
-                                                   for side in ("on", "on+log")}
-    procs: dict[str, subprocess.Popen[bytes]] = {}  # "off#0", "off#1", "on#0", "on#1", "on+log#0"
+    pages = ("/page", "/unique")
+    ratios: dict[tuple[str, str], list[float]] = {(page, side): [] for page in pages for side in ("on", "on+log")}
+    procs: dict[str, subprocess.Popen[bytes]] = {}  # side -> this round's gateway process
     cpu: dict[tuple[str, str, str], list[float]] = {}  # (page, side, part) -> us of CPU per request, per run
     try:
-        ports: dict[str, int] = {}
-        for side in SIDES:
-            for copy in range(args.copies if side != "on+log" else 1):
-                name = f"{side}#{copy}"
-                ports[name] = free_port()
-                procs[name] = start_gateway(tmp, f"tracking-{side.replace('+', '-')}-{copy}", ports[name], up_port,
-                                            side)
-        check_sides(ports)
-        for page in ("/page", "/unique"):
-            for name in ports:  # warm-up: connections, lazy imports, memos, the follower's first folds
-                run_wrk(f"http://127.0.0.1:{ports[name]}{page}?utm_source=bench", 2, args.connections)
-            for r in range(1, args.rounds + 1):
-                got: dict[str, list[float]] = {}
-                for name in (list(ports) if r % 2 else list(ports)[::-1]):  # ABC, CBA, ...
-                    url = f"http://127.0.0.1:{ports[name]}{page}?utm_source=bench"
-                    pid = procs[name].pid
-                    before = cpu_ns(pid)
-                    result = results[f"{page} {name} #{r}"] = run_wrk(url, args.duration, args.connections)
-                    after = cpu_ns(pid)
-                    got.setdefault(name.split("#")[0], []).append(result["rps"])
+        for r in range(1, args.rounds + 1):
+            ports = {side: free_port() for side in SIDES}  # fresh processes: a new memory layout each round
+            for side, port in ports.items():
+                procs[side] = start_gateway(tmp / f"round-{r}", f"tracking-{side.replace('+', '-')}", port,
+                                            up_port, side)
+            if r == 1:
+                check_sides(ports)
+            for page in (pages if r % 2 else pages[::-1]):
+                for side in ports:  # warm-up: connections, lazy imports, memos, the follower's first folds
+                    run_wrk(f"http://127.0.0.1:{ports[side]}{page}?utm_source=bench", 2, args.connections)
+                for side in (list(ports) if r % 2 else list(ports)[::-1]):  # ABC, CBA, ...
+                    url = f"http://127.0.0.1:{ports[side]}{page}?utm_source=bench"
+                    before = cpu_ns(procs[side].pid)
+                    result = results[f"{page} {side} #{r}"] = run_wrk(url, args.duration, args.connections)
+                    after = cpu_ns(procs[side].pid)
                     for part in after if before else ():
-                        cpu.setdefault((page, name.split("#")[0], part), []).append(
+                        cpu.setdefault((page, side, part), []).append(
                             (after[part] - before[part]) / 1000 / max(1.0, result["rps"] * args.duration))
                 for side in ("on", "on+log"):
-                    ratios[(page, side)].append(statistics.mean(got[side]) / statistics.mean(got["off"]))
+                    ratios[(page, side)].append(results[f"{page} {side} #{r}"]["rps"]
+                                                / results[f"{page} off #{r}"]["rps"])
+            if r < args.rounds:
+                for side in ports:
+                    stop(procs.pop(side))
         script = tmp / "beacon.lua"
         script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(EVENTS)}\n'
                           'wrk.headers["Content-Type"] = "text/plain;charset=UTF-8"\n')
-        results["beacon (10 events)"] = run_wrk(f"http://127.0.0.1:{ports['on#0']}/_portico/b", 10,
+        results["beacon (10 events)"] = run_wrk(f"http://127.0.0.1:{ports['on']}/_portico/b", 10,
                                                 args.connections, script=script)
         for proc in procs.values():
             stop(proc)
@@ -181,7 +179,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nHTML route ({len(BODY)} bytes, 12 external links), {conditions(args)}, {args.rounds} rounds, "
-          f"{args.copies} processes each for off and on")
+          "fresh gateway processes each round")
     print_results(results.items(), 22)
     for (page, side), values in ratios.items():
         target = " (target >= 0.90)" if side == "on" else " (access log too: not in the target)"
@@ -192,7 +190,7 @@ def main() -> int:
     if cpu:
         print("CPU per request (Linux schedstat, median of the runs; the main thread runs the event loop,"
               " threads = the store's writer..., children = the follower process):")
-        for page in ("/page", "/unique"):
+        for page in pages:
             for side in SIDES:
                 parts = {part: statistics.median(cpu[(page, side, part)]) for part in ("main", "threads", "children")
                          if (page, side, part) in cpu}

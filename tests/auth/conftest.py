@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.auth.slapd import Slapd, slapd_available
+from tests.auth.slapd import SERVICE_PW, Slapd, slapd_available
 
 needs_slapd = pytest.mark.skipif(not slapd_available(),
                                  reason="slapd/ldap-utils not installed: run scripts/install-system-deps.sh")
@@ -37,3 +37,10 @@ def own_slapd(tmp_path: Path) -> Iterator[Slapd]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def service_pw_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The name of an environment variable holding the test directory's service password."""
+    monkeypatch.setenv("PORTICO_TEST_LDAP_PW", SERVICE_PW)
+    return "PORTICO_TEST_LDAP_PW"

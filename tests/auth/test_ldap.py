@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 
 from auth.errors import AccountDisabled, DirectoryUnavailable, InvalidCredentials
 from auth.ldap import LdapDirectory, LdapSettings
+from tests.auth.ldapkit import LoopbackServer, hold, settings
 from tests.auth.slapd import (GROUPS, SERVICE_DN, SERVICE_PW, SUFFIX, Slapd, group_dn,
                               make_ca, user_dn)
 
@@ -24,21 +23,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def service_pw_env(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("PORTICO_TEST_LDAP_PW", SERVICE_PW)
-    return "PORTICO_TEST_LDAP_PW"
-
-
-def settings(urls: list[str] | str, env: str, **kw: object) -> LdapSettings:
-    if isinstance(urls, str):
-        urls = [urls]
-    base = dict(urls=tuple(urls), base_dn=SUFFIX, bind_dn=SERVICE_DN, password_env=env,
-                connect_timeout=2.0, response_timeout=1.0)
-    base.update(kw)
-    return LdapSettings(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -57,27 +41,8 @@ def closed_url(refused_port: int) -> str:
 @pytest.fixture
 def blackhole() -> Iterator[str]:
     """A TCP server that accepts connections and never answers (a hung directory)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield f"ldap://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    t.join()
-    for c in held:
-        c.close()
+    server = LoopbackServer(hold)
+    yield server.url
     server.close()
 
 

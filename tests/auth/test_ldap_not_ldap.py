@@ -10,51 +10,14 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from auth.errors import DirectoryUnavailable
-from auth.ldap import LdapDirectory, LdapSettings
-from tests.auth.slapd import SERVICE_DN, SERVICE_PW, SUFFIX, Slapd
-
-
-class LoopbackServer:
-    """Accepts on 127.0.0.1 and hands every connection to `handle` in its own thread."""
-
-    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
-        self._handle = handle
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self._sock.settimeout(0.1)
-        self._stop = threading.Event()
-        self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-        self.url = f"ldap://127.0.0.1:{self._sock.getsockname()[1]}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            self._conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            self._handle(conn)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        for c in self._conns:
-            c.close()
-        self._sock.close()
+from auth.ldap import LdapDirectory
+from tests.auth.ldapkit import LoopbackServer, settings
+from tests.auth.slapd import SERVICE_PW, Slapd
 
 
 def echo(conn: socket.socket) -> None:
@@ -112,24 +75,17 @@ def relay(slapd: Slapd) -> Iterator[Relay]:
     r.server.close()
 
 
-def settings(urls: list[str], monkeypatch: pytest.MonkeyPatch) -> LdapSettings:
-    monkeypatch.setenv("PORTICO_TEST_LDAP_PW", SERVICE_PW)
-    return LdapSettings(urls=tuple(urls), base_dn=SUFFIX, bind_dn=SERVICE_DN,
-                        password_env="PORTICO_TEST_LDAP_PW", connect_timeout=2.0,
-                        response_timeout=1.0)
-
-
 def test_a_server_echoing_its_input_is_skipped_for_the_next_url(
-        echo_url: str, slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> None:
-    d = LdapDirectory(settings([echo_url, slapd.ldap_url], monkeypatch))
+        echo_url: str, slapd: Slapd, service_pw_env: str) -> None:
+    d = LdapDirectory(settings([echo_url, slapd.ldap_url], service_pw_env))
     assert d.authenticate("bob", "bob-pw").username == "bob"
 
 
 def test_only_a_non_ldap_server_is_unavailable_naming_it(
-        echo_url: str, monkeypatch: pytest.MonkeyPatch,
+        echo_url: str, service_pw_env: str,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "portico.auth.ldap")
-    d = LdapDirectory(settings([echo_url], monkeypatch))
+    d = LdapDirectory(settings([echo_url], service_pw_env))
     with pytest.raises(DirectoryUnavailable) as e:
         d.authenticate("alice", "alice-pw")
     assert echo_url in str(e.value) and "not LDAP" in str(e.value)
@@ -139,9 +95,9 @@ def test_only_a_non_ldap_server_is_unavailable_naming_it(
 
 
 def test_garbage_on_a_pooled_connection_reconnects(
-        relay: Relay, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        relay: Relay, service_pw_env: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "portico.auth.ldap")
-    d = LdapDirectory(settings([relay.server.url], monkeypatch))
+    d = LdapDirectory(settings([relay.server.url], service_pw_env))
     assert d.lookup("alice") is not None  # the service connection is open and pooled
     relay.echo_next()
     assert d.lookup("bob") is not None  # its search came back as garbage: a fresh connection
@@ -150,9 +106,9 @@ def test_garbage_on_a_pooled_connection_reconnects(
 
 
 def test_our_own_errors_are_not_taken_for_garbage(
-        slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> None:
+        slapd: Slapd, service_pw_env: str) -> None:
     """A KeyError raised by Portico's code is a bug: it must surface, not pass for an outage."""
-    d = LdapDirectory(settings([slapd.ldap_url], monkeypatch))
+    d = LdapDirectory(settings([slapd.ldap_url], service_pw_env))
 
     def broken(_conn: object) -> None:
         raise KeyError("a bug of ours")

@@ -120,8 +120,7 @@ def cpu_ns(pid: int) -> dict[str, int]:
 
 def check_sides(ports: dict[str, int]) -> None:
     """Refuse to measure unless the tracking sides really edit the page and the off side doesn't."""
-    for name, port in ports.items():
-        side = name.split("#")[0]
+    for side, port in ports.items():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/unique", timeout=10) as resp:  # noqa: S310
             page = resp.read()
         edited = page.count(b'href="/_portico/out?') == 12 and b'<script src="/_portico/t.js"' in page

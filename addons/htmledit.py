@@ -24,6 +24,12 @@ Editors (`Outbound`, `Snippet`) implement `edit_html(page) -> bytes | None` on t
   therefore be pure functions of those inputs.
   A page whose body differs every time (a token, a counter) stops paying for the digest
   and the memo after MEMO_GIVE_UP misses in a row; every MEMO_RETRY-th request tries again.
+- a template per page (addons/htmltemplate.py) for bodies that differ from the last one
+  only in digits (counters, timestamps, ids): the last result with the changed span copied
+  in, instead of running the editors. Only for pages sent without Content-Encoding, with
+  an ASCII-compatible charset declared in Content-Type (a charset named in the body could
+  change with a digit: iso-8859-1 / -2); a page whose template fails MEMO_GIVE_UP times in a
+  row is tried again every MEMO_RETRY-th request, like the memo.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from mitmproxy.net.http.headers import infer_content_encoding, parse_content_typ
 
 from addons import metadata
 from addons.htmlpage import HtmlEditor, HtmlPage
+from addons.htmltemplate import Edit, PageTemplate, merge_edits
 
 log = logging.getLogger("portico.htmledit")
 
@@ -79,6 +86,12 @@ def _declared_charset(content_type: str) -> str:
     return "gb18030" if charset.lower() in ("gb2312", "gbk") else charset
 
 
+def _templated_charset(content_type: str) -> bool:
+    """A charset declared in Content-Type, in which ASCII digits are themselves (templates)."""
+    charset = _declared_charset(content_type)
+    return bool(charset) and ascii_compatible(charset)
+
+
 def page_charset(content_type: str, body: bytes) -> str:
     """The charset mitmproxy's `get_text` would use: declared, else `<meta charset>`, else Latin-1."""
     return _declared_charset(content_type) or infer_content_encoding(content_type, body)
@@ -94,6 +107,8 @@ class HtmlEdit:
         self._memo: OrderedDict[tuple[object, ...], tuple[bytes, bytes | None, list[str] | None]] = OrderedDict()
         self._by_route: dict[object, tuple[list[HtmlEditor], tuple[int, ...]]] = {}
         self._misses: dict[tuple[str, str], int] = {}  # (host, path) -> memo misses in a row
+        # (editors, host, path, method, Content-Type, CSP) -> the page's template
+        self._templates: OrderedDict[tuple[object, ...], PageTemplate] = OrderedDict()
 
     def response(self, flow: http.HTTPFlow) -> None:
         resp, md = flow.response, flow.metadata
@@ -144,13 +159,43 @@ class HtmlEdit:
         # a retry that missed stores this body: the next request checks the memo too, so a page
         # that turned static is found again at once
         self._misses[page] = MEMO_GIVE_UP - 1 if misses >= MEMO_GIVE_UP and key is not None else misses + 1
+        template_key: tuple[object, ...] | None = None
+        template: PageTemplate | None = None
+        if cenc in ("", "identity") and len(raw) <= MEMO_MAX_BODY and _templated_charset(ctype):
+            template_key = (editor_ids, host, path, method, ctype, tuple(csp))
+            template = self._templates.get(template_key)
+            if template is not None:
+                trying = template.misses < MEMO_GIVE_UP or template.misses % MEMO_RETRY == 0
+                if trying:
+                    out = template.apply(raw)
+                    if out is not None:
+                        template.misses = 0
+                        self._templates.move_to_end(template_key)
+                        if key is not None:  # a page that turned static is found in the memo again
+                            self._remember(key, raw, out, template.csp)
+                        self._apply(resp, out, template.csp, te)
+                        return
+                template.misses += 1
+                if not trying:
+                    template_key = None  # given up for now: edited without asking for edits
         result = self._edit(resp, raw, editors, ctype, cenc, csp, host, path, method,
-                            str(md.get(metadata.REQUEST_ID) or ""))
+                            str(md.get(metadata.REQUEST_ID) or ""), template_key is not None)
         if key is not None:
-            self._memo[key] = (raw, *result)
-            if len(self._memo) > MEMO_ENTRIES:
-                self._memo.popitem(last=False)
+            self._remember(key, raw, result[0], result[1])
+        if template_key is not None and result[0] is not None and result[2] is not None:
+            self._templates[template_key] = new = PageTemplate.build(raw, result[0], result[1], result[2])
+            # like the memo: after a retry that missed, the next request tries the new template
+            misses = template.misses if template is not None else 0
+            new.misses = misses if misses <= MEMO_GIVE_UP else MEMO_GIVE_UP - 1
+            self._templates.move_to_end(template_key)
+            if len(self._templates) > MEMO_ENTRIES:
+                self._templates.popitem(last=False)
         self._apply(resp, result[0], result[1], te)
+
+    def _remember(self, key: tuple[object, ...], raw: bytes, out: bytes | None, csp: list[str] | None) -> None:
+        self._memo[key] = (raw, out, csp)
+        if len(self._memo) > MEMO_ENTRIES:
+            self._memo.popitem(last=False)
 
     def _editors_for(self, route: object) -> tuple[list[HtmlEditor], tuple[int, ...]]:
         """The editors configured for `route` (and their ids, for the memo key), remembered per route."""
@@ -161,16 +206,19 @@ class HtmlEdit:
         return chosen
 
     def _edit(self, resp: http.Response, raw: bytes, editors: list[HtmlEditor], ctype: str, cenc: str,
-              csp: list[str], host: str, path: str, method: str, rid: str) -> tuple[bytes | None, list[str] | None]:
-        """(new raw body or None, new CSP values or None)."""
+              csp: list[str], host: str, path: str, method: str, rid: str,
+              track: bool = False) -> tuple[bytes | None, list[str] | None, list[Edit] | None]:
+        """(new raw body or None, new CSP values or None, the edits in `raw`'s coordinates or
+        None). Edits are asked of the editors only with `track`, and returned only when every
+        editor that changed the page reported them correctly."""
         if cenc not in _KNOWN_ENCODINGS:
             log.info("request %s: HTML of %s not edited: cannot decode content-encoding %r", rid, path, cenc)
-            return None, None
+            return None, None, None
         try:
             body = raw if cenc in ("", "identity") else encoding.decode(raw, cenc)
         except ValueError as e:
             log.info("request %s: HTML of %s not edited: %s", rid, path, e)
-            return None, None
+            return None, None, None
         assert isinstance(body, bytes)
         charset = page_charset(ctype, body)
         transcode = not ascii_compatible(charset)
@@ -179,22 +227,27 @@ class HtmlEdit:
                 body = body.decode(charset).encode("utf-8", "surrogatepass")
             except (UnicodeError, LookupError) as e:
                 log.info("request %s: HTML of %s not edited: not valid %s: %s", rid, path, charset, e)
-                return None, None
+                return None, None, None
         page = HtmlPage(body, "utf-8" if transcode else charset, host, path, method, rid, list(csp))
         changed = False
+        edits: list[Edit] | None = [] if track and not transcode and cenc in ("", "identity") else None
         for editor in editors:
+            if edits is not None:
+                page.edits = []
             new = editor.edit_html(page)
             if new is not None:
+                if edits is not None:
+                    edits = merge_edits(edits, page.body, new, page.edits or ())
                 page.body, changed = new, True
         if not changed:
-            return None, (page.csp if page.csp_changed else None)
+            return None, (page.csp if page.csp_changed else None), None
         out = page.body
         if transcode:
             out = out.decode("utf-8", "surrogatepass").encode(charset)
         if cenc not in ("", "identity"):
             out = encoding.encode(out, cenc)
             assert isinstance(out, bytes)
-        return out, (page.csp if page.csp_changed else None)
+        return out, (page.csp if page.csp_changed else None), edits
 
     @staticmethod
     def _apply(resp: http.Response, raw: bytes | None, csp: list[str] | None, transfer_encoding: str) -> None:

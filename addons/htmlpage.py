@@ -22,10 +22,25 @@ class HtmlPage:
     request_id: str
     csp: list[str] = field(default_factory=list)  # Content-Security-Policy values; editors may replace them
     csp_changed: bool = False
+    # When a list (HtmlEdit asks for it to build a page template), an editor that returns a
+    # new body appends what it changed: (start, end, new length) per edit, in the coordinates
+    # of the body it was given, in order, not overlapping: the new body is the old one with
+    # each [start, end) replaced by that many bytes. See HtmlEditor.edit_html.
+    edits: list[tuple[int, int, int]] | None = None
 
 
 class HtmlEditor(Protocol):
     routes: frozenset[str]
 
     def edit_html(self, page: HtmlPage) -> bytes | None:
-        """The new body, or None to leave it (must depend only on the page's fields)."""
+        """The new body, or None to leave it.
+
+        Must depend only on the page's fields (HtmlEdit memoises results). When `page.edits`
+        is a list, also report every edit there, and keep this promise, on which HtmlEdit's
+        page templates rely: which edits are made, and where, does not change when ASCII
+        digits in the body are replaced by other digits (decisions look at digits only as
+        "a digit", as regex classes like [a-z0-9] or [^"] do), and what an edit inserts
+        depends only on the bytes it replaces and the page's other fields. Outbound (a regex
+        over `<a href>`) and Snippet (before `</head>`) keep it; an editor that can't should
+        leave `page.edits` alone, and its pages are then never served from a template.
+        """

@@ -84,7 +84,7 @@ def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, p
                         internal_hosts: Collection[str] = (),
                         signed: OrderedDict[tuple[str, str, str], bytes] | None = None,
                         pages: OrderedDict[tuple[object, ...], tuple[list[bytes], int]] | None = None,
-                        ) -> tuple[bytes, int]:
+                        edits: list[tuple[int, int, int]] | None = None) -> tuple[bytes, int]:
     """(page bytes with external `<a href>` pointed at the signed redirect, number rewritten).
 
     `data` is in `charset`, which must be ASCII-compatible (see addons/htmledit.py): only the
@@ -94,6 +94,9 @@ def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, p
     whole set of candidate links (bounded by PAGE_LINK_SETS): a page whose body changes on
     every request (a token, a counter, a timestamp) but whose links don't is then rewritten
     without any Python code per link: one regex split, slice assignments and a join.
+    With `edits` (a list), every candidate link's `<a ... href=VALUE` is appended to it as
+    (start, end, new length), rewritten or not: whether a link is external is decided on
+    those bytes alone (see HtmlPage.edits).
     """
     pieces = _EXTERNAL_HREF.split(data)  # text, then 4 groups and text per candidate link
     if len(pieces) == 1:
@@ -104,6 +107,8 @@ def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, p
         known = pages.get(key)
         if known is not None:
             pages.move_to_end(key)
+            if edits is not None:
+                edits += _link_edits(pieces, known[0])
             return _splice(pieces, known[0]), known[1]
     count = 0
     replacements: list[bytes] = []
@@ -122,7 +127,24 @@ def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, p
         pages[key] = (replacements, count)
         if len(pages) > PAGE_LINK_SETS:
             pages.popitem(last=False)
+    if edits is not None:
+        edits += _link_edits(pieces, replacements)
     return _splice(pieces, replacements), count
+
+
+def _link_edits(pieces: list[bytes | None], replacements: list[bytes]) -> list[tuple[int, int, int]]:
+    """(start, end, new length) of each link matched in `pieces` (from `_EXTERNAL_HREF.split`,
+    before `_splice`): a match is its head and its value, plus the quotes the groups leave out."""
+    out: list[tuple[int, int, int]] = []
+    at = 0
+    for i, new in zip(range(0, len(pieces) - 1, 5), replacements):
+        head, double, single, bare = pieces[i + 1:i + 5]
+        at += len(pieces[i])  # type: ignore[arg-type]  # text pieces are never None
+        value = double if double is not None else single if single is not None else bare
+        end = at + len(head) + len(value) + (0 if bare is not None else 2)  # type: ignore[arg-type]
+        out.append((at, end, len(new)))
+        at = end
+    return out
 
 
 def _splice(pieces: list[bytes | None], replacements: list[bytes]) -> bytes:
@@ -192,9 +214,14 @@ class Outbound:
         if not self.settings.rewrite:
             return None
         s = self.settings
+        edits: list[tuple[int, int, int]] | None = [] if page.edits is not None else None
         new, count = rewrite_links_bytes(page.body, page.charset, s.secret, s.reserved_prefix, page.host,
-                                         page.path, s.internal_hosts, self._signed, self._pages)
-        return new if count else None
+                                         page.path, s.internal_hosts, self._signed, self._pages, edits)
+        if not count:
+            return None
+        if page.edits is not None and edits:
+            page.edits += edits
+        return new
 
     def request(self, flow: http.HTTPFlow) -> None:
         target = reverse_request_target(flow)

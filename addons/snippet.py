@@ -180,6 +180,12 @@ def script_tag(settings: SnippetSettings, plan: CspPlan) -> str:
 def inject_bytes(data: bytes, tag: bytes) -> bytes | None:
     """The page with `tag` before </head> (else </body>); None when there is neither or it is
     there already. `data` is in an ASCII-compatible charset (see addons/htmledit.py)."""
+    at = injection_point(data)
+    return None if at is None else data[:at] + tag + data[at:]
+
+
+def injection_point(data: bytes) -> int | None:
+    """Where `inject_bytes` puts the tag, or None (see there)."""
     at = data.find(b"data-portico")  # a find, then the regex only where it could match
     if at >= 0 and _INJECTED.search(data, at):
         return None
@@ -189,7 +195,7 @@ def inject_bytes(data: bytes, tag: bytes) -> bytes | None:
         if m is None:
             return None
         at = m.start()
-    return data[:at] + tag + data[at:]
+    return at
 
 
 def inject(text: str, tag: str) -> str | None:
@@ -445,8 +451,12 @@ class Snippet:
             log.info("request %s: snippet not injected into %s: %s", page.request_id, page.path, plan.reason)
             return None
         tag = self._plain_tag if plan.mode == "plain" else script_tag(s, plan).encode("utf-8")
-        new = inject_bytes(page.body, tag)
-        if new is not None and plan.mode == "hash":
+        at = injection_point(page.body)
+        if at is None:
+            return None
+        if plan.mode == "hash":
             page.csp = [add_hash_to_csp(v, self.script_hash) for v in page.csp]
             page.csp_changed = True
-        return new
+        if page.edits is not None:
+            page.edits.append((at, at, len(tag)))
+        return page.body[:at] + tag + page.body[at:]

@@ -1,0 +1,242 @@
+"""Page templates (addons/htmltemplate.py): a page that differs from the last one only in
+digits gets exactly the bytes the editors would have produced, without running them; any
+other change runs the editors. The reference everywhere is a fresh HtmlEdit, which has no
+template and edits the page from scratch."""
+
+from __future__ import annotations
+
+import gzip
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from addons.htmledit import MEMO_GIVE_UP, MEMO_RETRY, HtmlEdit
+from addons.htmlpage import HtmlPage
+from addons.htmltemplate import PageTemplate, check_edits, merge_edits
+from addons.outbound import Outbound, OutboundSettings, check_redirect
+from addons.recorder import Recorder
+from addons.snippet import Snippet, SnippetSettings
+from addons.visitor import Salts, Visitors
+from tests.tracking.conftest import make_flow
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+PAGE = ("<html><head><title>Counter</title></head><body><!-- 0001 --><p>Seen 17 times</p>"
+        "<a href='https://partner1.example.net/page/1'>p1</a> <a href=/local/2>l2</a>"
+        "<a href=\"//partner2.example.net/x?id=7\">p2</a><a href='https://www.example.org/same/3'>s3</a>"
+        "<p>Generated at 12:00:01</p></body></html>")
+
+
+class Counting:
+    """Wraps an editor and counts its calls (a template hit runs no editor)."""
+
+    def __init__(self, editor) -> None:
+        self.editor, self.calls, self.routes = editor, 0, editor.routes
+
+    def edit_html(self, page: HtmlPage) -> bytes | None:
+        self.calls += 1
+        return self.editor.edit_html(page)
+
+
+def editors(tmp_path, inject: bool = True) -> list:
+    visitors = Visitors(Salts(tmp_path))
+    return [Outbound(OutboundSettings(secret=SECRET), Recorder(None), visitors),
+            Snippet(SnippetSettings(secret=SECRET, inject=inject), Recorder(None), visitors)]
+
+
+@pytest.fixture
+def counted(tmp_path):
+    parts = [Counting(e) for e in editors(tmp_path)]
+    return HtmlEdit(parts), parts
+
+
+def served(edit: HtmlEdit, body: str | bytes, path: str = "/p", **kw):
+    f = make_flow(path, body=body if isinstance(body, bytes) else body.encode(), **kw)
+    edit.response(f)
+    return f.response
+
+
+def fresh(tmp_path, body: str | bytes, path: str = "/p", **kw):
+    return served(HtmlEdit(editors(tmp_path)), body, path, **kw)
+
+
+def test_a_page_that_changed_only_in_digits_is_served_from_the_template(counted, tmp_path):
+    edit, parts = counted
+    served(edit, PAGE)
+    assert [p.calls for p in parts] == [1, 1]
+    for n, (seen, clock) in enumerate([("18", "12:00:02"), ("99", "23:59:59"), ("10", "00:00:00")], start=2):
+        body = (PAGE.replace("0001", f"{n:04d}").replace("17", seen).replace("12:00:01", clock)
+                .replace("/local/2", f"/local/{n}"))  # a local link is text to the editors
+        out = served(edit, body)
+        assert [p.calls for p in parts] == [1, 1]  # no editor ran
+        want = fresh(tmp_path, body)
+        assert out.raw_content == want.raw_content and out.headers["content-length"] == str(len(want.raw_content))
+        assert f"Seen {seen} times".encode() in out.raw_content and clock.encode() in out.raw_content
+
+
+@pytest.mark.parametrize("change", [
+    ("partner1.example.net/page/1", "partner1.example.net/page/2"),   # a digit inside a rewritten link
+    ("id=7", "id=8"),                                                 # ... inside a link's query
+    ("same/3", "same/4"),                 # inside a link left as it was (same host: not external)
+    ("Seen 17", "Seen 1x"),                                           # a letter for a digit
+    ("Seen 17", "Seen 170"),                                          # another length
+    ("Counter", "Countes"),                                           # a letter anywhere
+])
+def test_any_other_change_runs_the_editors_and_gets_their_result(counted, tmp_path, change):
+    edit, parts = counted
+    served(edit, PAGE)
+    body = PAGE.replace(*change)
+    out = served(edit, body)
+    assert [p.calls for p in parts] == [2, 2]
+    assert out.raw_content == fresh(tmp_path, body).raw_content
+
+
+def test_a_link_whose_digits_changed_is_signed_for_its_new_target(counted):
+    """The case that matters most: a stale signature would send the click to the old page."""
+    edit, _ = counted
+    served(edit, PAGE)
+    out = served(edit, PAGE.replace("page/1", "page/9")).raw_content.decode()
+    links = [m.replace("&amp;", "&") for m in re.findall(r'href="/_portico/out\?([^"]+)"', out)]
+    assert check_redirect(SECRET, links[0]) == ("https://partner1.example.net/page/9", "/p")
+
+
+def test_templates_are_per_page_and_per_csp(counted, tmp_path):
+    edit, parts = counted
+    served(edit, PAGE, "/a")
+    out = served(edit, PAGE.replace("0001", "0002"), "/b")  # another page: its own links' signatures
+    assert [p.calls for p in parts] == [2, 2] and out.raw_content == fresh(tmp_path, PAGE.replace("0001", "0002"),
+                                                                            "/b").raw_content
+    csp = {"Content-Security-Policy": "script-src 'sha256-AAAA'"}
+    first = served(edit, PAGE, "/b", resp_headers=csp)
+    again = served(edit, PAGE.replace("0001", "0003"), "/b", resp_headers=csp)
+    assert [p.calls for p in parts] == [3, 3]  # the CSP is part of the key; the second was a template hit
+    assert again.headers["content-security-policy"] == first.headers["content-security-policy"] != csp[
+        "Content-Security-Policy"]
+    assert again.raw_content == fresh(tmp_path, PAGE.replace("0001", "0003"), "/b", resp_headers=csp).raw_content
+
+
+@pytest.mark.parametrize("kind", ["gzip", "no declared charset", "utf-16"])
+def test_no_template_where_digits_are_not_bytes_of_their_own(counted, tmp_path, kind):
+    edit, parts = counted
+    for n in range(3):
+        body = PAGE.replace("0001", f"{n:04d}")
+        if kind == "gzip":
+            f = make_flow("/p", body=gzip.compress(body.encode()))
+            f.response.headers["content-encoding"] = "gzip"
+            edit.response(f)
+            out = gzip.decompress(f.response.raw_content)
+        elif kind == "utf-16":
+            out = served(edit, body.encode("utf-16"), content_type="text/html; charset=utf-16").raw_content
+            out = out.decode("utf-16").encode()
+        else:
+            out = served(edit, body, content_type="text/html").raw_content
+        assert out == fresh(tmp_path, body).raw_content
+    assert [p.calls for p in parts] == [3, 3] and not edit._templates
+
+
+def test_an_editor_that_does_not_report_its_edits_gets_no_template(tmp_path):
+    class Shouting:
+        routes = frozenset({"*"})
+        calls = 0
+
+        def edit_html(self, page):
+            Shouting.calls += 1
+            return page.body.replace(b"<title>", b"<title>!")
+
+    edit = HtmlEdit([*editors(tmp_path), Shouting()])
+    for n in range(3):
+        out = served(edit, PAGE.replace("0001", f"{n:04d}"))
+        assert out.raw_content.count(b"<title>!") == 1
+    assert Shouting.calls == 3 and not edit._templates
+
+
+def test_a_page_whose_template_keeps_failing_is_given_up_and_retried(counted, tmp_path):
+    edit, parts = counted
+    for n in range(MEMO_GIVE_UP + MEMO_RETRY + 2):  # a token of letters: never a template hit
+        body = PAGE.replace("Counter", "Counter " + "abcdefgh"[n % 8] * 4 + str(n))
+        assert served(edit, body).raw_content == fresh(tmp_path, body).raw_content
+    template = next(iter(edit._templates.values()))
+    assert template.misses >= MEMO_GIVE_UP
+    tries = template.misses
+    body = PAGE.replace("0001", "0002")
+    for _ in range(MEMO_RETRY + 2):  # the page turns into one that changes in digits only
+        body = body.replace("0002", "0003") if "0002" in body else body.replace("0003", "0002")
+        assert served(edit, body).raw_content == fresh(tmp_path, body).raw_content
+    assert template is not edit._templates[next(iter(edit._templates))] or template.misses < tries
+    assert next(iter(edit._templates.values())).misses == 0  # found again at a retry, then hits
+
+
+# --- the template's own arithmetic --------------------------------------------------------
+
+def test_apply_copies_the_changed_span_next_to_edits_but_never_into_them():
+    body = b"ab12cd34ef"
+    # "cd" replaced by "XYZ", an insertion of "!" before "ef"
+    result = b"ab12XYZ34!ef"
+    edits = [(4, 6, 3), (8, 8, 1)]
+    assert check_edits(body, result, edits)
+    t = PageTemplate.build(body, result, None, edits)
+    assert t.apply(b"ab99cd34ef") == b"ab99XYZ34!ef"
+    assert t.apply(b"ab99cd35ef") == b"ab99XYZ35!ef"   # the span ends where the insertion is: fine
+    assert t.apply(b"ab99cd35eg") is None                  # a letter
+    assert t.apply(b"ab99cd35e") is None                   # a length
+    t2 = PageTemplate.build(body, result, None, edits)
+    assert t2.apply(b"ab12cd35ef") == b"ab12XYZ35!ef"
+    assert t2.apply(b"ab13cd36ef") == b"ab13XYZ36!ef"      # changes on both sides of an edit
+    t3 = PageTemplate.build(b"x1y2z", b"xABy2z", None, [(1, 2, 2)])  # the edit replaced a digit
+    assert t3.apply(b"x3y2z") is None                      # ... which changed: the editors must run
+    assert t3.apply(b"x1y5z") == b"xABy5z"
+    assert t3.apply(b"x3y7z") is None
+
+
+def test_check_edits_refuses_a_report_that_does_not_match():
+    assert not check_edits(b"abcdef", b"abXdef", [(2, 3, 2)])
+    assert not check_edits(b"abcdef", b"abXdeg", [(2, 3, 1)])
+    assert not check_edits(b"abcdef", b"abXdef", [(3, 4, 1), (2, 3, 1)])  # out of order
+    assert check_edits(b"abcdef", b"abXdef", [(2, 3, 1)])
+
+
+def test_merge_refuses_an_edit_inside_an_earlier_edits_output():
+    done = [(2, 3, 3)]           # "abcdef" -> "abXYZdef"
+    assert merge_edits(done, b"abXYZdef", b"abXY!Zdef", [(4, 4, 1)]) is None
+    assert merge_edits(done, b"abXYZdef", b"ab!XYZdef", [(2, 2, 1)]) == [(2, 2, 1), (2, 3, 3)]
+    assert merge_edits(done, b"abXYZdef", b"abXYZd!ef", [(6, 6, 1)]) == [(2, 3, 3), (4, 4, 1)]
+    assert merge_edits(done, b"abXYZdef", b"abXYZ!def", [(5, 5, 1)]) == [(2, 3, 3), (3, 3, 1)]  # right after
+    assert merge_edits(done, b"abXYZdef", b"abXYZ!ef", [(5, 6, 1)]) == [(2, 3, 3), (3, 4, 1)]
+    assert merge_edits(done, b"abXYZdef", b"abXYZdef", [(4, 4, 1)]) is None  # a wrong report
+
+
+# --- property: a template hit is always what the editors would produce ---------------------
+
+FRAGMENTS = st.sampled_from([
+    "<a href='https://ext{d}.example/p/{d}'>x</a>", "<a href=\"//cdn{d}.example/{d}\">y</a>",
+    "<a href=/local/{d}>l</a>", "<a class=c{d} href=https://e.example/{d}>z</a>", "<p>{d} items</p>",
+    "<!-- {d} -->", "<span data-n=\"{d}\">{d}</span>", "<a href=&#104;ttps://ent.example/{d}>e</a>",
+    "text {d}{d} ", "<img src=/i/{d}.png>", "<a hre{d}f='https://odd.example/'>o</a>",
+    "<a href='https://www.example.org/{d}'>same host</a>",
+])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.tuples(FRAGMENTS, st.integers(0, 99)), min_size=1, max_size=12),
+       steps=st.lists(st.lists(st.tuples(st.integers(0, 11), st.integers(0, 99)), min_size=1, max_size=3),
+                      min_size=1, max_size=3),
+       head=st.booleans())
+def test_template_results_equal_a_fresh_edit(tmp_path, parts, steps, head):
+    """Each step changes one to three numbers of the page at once (a request later)."""
+    def page(values):
+        body = "".join(f.format(d=v) for (f, _), v in zip(parts, values))
+        return ("<html><head><title>t</title></head><body>" if head else "<html><body>") + body + "</body></html>"
+
+    values = [v for _, v in parts]
+    edit = HtmlEdit(editors(tmp_path))
+    served(edit, page(values))
+    for changes in steps:
+        for index, value in changes:
+            values[index % len(values)] = value
+        body = page(values)
+        assert served(edit, body).raw_content == fresh(tmp_path, body).raw_content
+        for template in edit._templates.values():
+            assert check_edits(template.body, template.result, list(zip(template.starts, template.ends, [
+                (b - a) + (s2 - s1) for a, b, s1, s2 in zip(template.starts, template.ends, template.shifts,
+                                                            template.shifts[1:])])))

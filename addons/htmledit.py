@@ -25,8 +25,9 @@ Editors (`Outbound`, `Snippet`) implement `edit_html(page) -> bytes | None` on t
   A page whose body differs every time (a token, a counter) stops paying for the digest
   and the memo after MEMO_GIVE_UP misses in a row; every MEMO_RETRY-th request tries again.
 - a template per page (addons/htmltemplate.py) for bodies that differ from the last one
-  only in digits (counters, timestamps, ids): the last result with the changed span copied
-  in, instead of running the editors. Only for pages sent without Content-Encoding, with
+  only in digits (counters, timestamps, ids) or in one token outside what the editors read
+  (a CSRF token, a nonce): the last result with the changed span copied in, instead of
+  running the editors. Only for pages sent without Content-Encoding, with
   an ASCII-compatible charset declared in Content-Type (a charset named in the body could
   change with a digit: iso-8859-1 / -2); a page whose template fails MEMO_GIVE_UP times in a
   row is tried again every MEMO_RETRY-th request, like the memo.

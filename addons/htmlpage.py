@@ -37,10 +37,16 @@ class HtmlEditor(Protocol):
 
         Must depend only on the page's fields (HtmlEdit memoises results). When `page.edits`
         is a list, also report every edit there, and keep this promise, on which HtmlEdit's
-        page templates rely: which edits are made, and where, does not change when ASCII
-        digits in the body are replaced by other digits (decisions look at digits only as
-        "a digit", as regex classes like [a-z0-9] or [^"] do), and what an edit inserts
-        depends only on the bytes it replaces and the page's other fields. Outbound (a regex
-        over `<a href>`) and Snippet (before `</head>`) keep it; an editor that can't should
-        leave `page.edits` alone, and its pages are then never served from a template.
+        page templates (addons/htmltemplate.py) rely: which edits are made, and where, does
+        not change when
+        - ASCII digits in the body are replaced by other digits (decisions see a digit only
+          as "a digit", as regex classes like [a-z0-9] or [^"] do), or
+        - a run of word characters ([A-Za-z0-9_]) changes that does not follow `<`, `/` or
+          `-`, is not followed by `-`, and has no `<a` between it and the last `>` before it
+          (so tag names, `</head`, `data-portico` and the inside of `<a>` tags are read;
+          text, comments and other tags' attribute values are not);
+        and what an edit inserts depends only on the bytes it replaces and the page's other
+        fields. Outbound (a regex over `<a href>`) and Snippet (before `</head>`, unless
+        `data-portico` is there) keep it; an editor that can't must leave `page.edits`
+        alone, and its pages are then never served from a template.
         """

@@ -1,27 +1,30 @@
-"""Page templates: a page that differs from the last one only in a few digits is edited
-without running the editors again.
+"""Page templates: a page that differs from the last one only in digits or in one token
+is edited without running the editors again.
 
 Not an addon: addons/htmledit.py keeps one template per page (host, path, editors, headers).
 
-Why: a page whose body changes on every request (a counter, a timestamp, an id in a
-comment or an attribute) misses HtmlEdit's memo every time, and editing it again costs a
-regex pass over the whole page and a rebuild (~20 us for 2 KB, twice that in a busy gateway).
-Most such pages differ from the previous response only in digits.
+Why: a page whose body changes on every request (a counter, a timestamp, a CSRF token, a
+nonce in a comment) misses HtmlEdit's memo every time, and editing it again costs a regex
+pass over the whole page and a rebuild (~20 us for 2 KB in process, twice that in a busy
+gateway). Such pages usually differ from the previous response in a few digits or in one
+token.
 
 How: when the editors run on a body P and produce E, they report their edits
-(`HtmlPage.edits`, mapped here to P's coordinates by `merge_edits`). For a new body N of the
-same length, the span from the first to the last byte where N and P differ is found with
-two int conversions and an XOR. If every difference in it is a digit replaced by a digit,
-and the bytes of every edit are unchanged, the editors would make the same edits at the
-same places with the same bytes (their promise in `HtmlEditor.edit_html`: decisions that see
-a digit only as "a digit", insertions that depend only on the bytes they replace) and copy
-everything else as it is: their result for N is E with the text between edits taken from
-N. About 4 us for 2 KB when the span lies between two edits. Anything else (another length,
-a letter changed, a digit inside a link) returns None and the editors run as before.
+(`HtmlPage.edits`, mapped here to P's coordinates by `merge_edits`, after `check_edits`
+verified them against the bytes). For a new body N of the same length, the span from the
+first to the last byte where N and P differ is found with two int conversions and an XOR.
+If every difference in it is a digit replaced by a digit, or the span is one run of word
+characters in a place no editor reads (`_quiet_word`), and the bytes of every edit are
+unchanged, the editors would make the same edits at the same places with the same bytes
+(their promise in `HtmlEditor.edit_html`) and copy everything else as it is: their result
+for N is E with the text between edits taken from N. About 4 us for 2 KB when the span lies
+between two edits. Anything else (another length, a change inside a link or a tag name,
+several tokens at once) returns None and the editors run as before.
 """
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +32,9 @@ from dataclasses import dataclass
 Edit = tuple[int, int, int]  # (start, end, new length): [start, end) replaced by that many bytes
 
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_WORD_BYTES = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"
+_WORDS = re.compile(rb"[0-9A-Za-z_]+")
+_A_TAG = re.compile(rb"<[aA]")
 
 
 @dataclass(slots=True)
@@ -62,8 +68,9 @@ class PageTemplate:
         size = len(new)
         first = size - (diff.bit_length() + 7) // 8           # first byte that differs
         end = size - ((diff & -diff).bit_length() - 1) // 8   # one past the last
-        if new[first:end].translate(_DIGITS_AS_ZERO) != old[first:end].translate(_DIGITS_AS_ZERO):
-            return None  # something other than digits changed
+        if new[first:end].translate(_DIGITS_AS_ZERO) != old[first:end].translate(_DIGITS_AS_ZERO) \
+                and not _quiet_word(old, new, first, end):
+            return None  # something other than digits changed, where an editor may look
         i = bisect_right(self.ends, first)  # edits [:i] end at or before the span
         j = bisect_left(self.starts, end, i)  # edits [i:j] are in it (or cover part of it)
         shifts, out = self.shifts, self.result
@@ -83,6 +90,20 @@ class PageTemplate:
             result = b"".join(pieces)
         self.body, self.result = new, result
         return result
+
+
+def _quiet_word(old: bytes, new: bytes, first: int, end: int) -> bool:
+    """True when [first, end) is word characters in both bodies (a token: letters, digits,
+    `_`) and the run of word characters around it is one no editor reads: not after `<`
+    (a tag name: `<a`), `/` (`</head`) or `-` and not before `-` (`data-portico`), and not
+    inside an `<a` tag (where `href` is looked for): no `<a` since the last `>`."""
+    if not (_WORDS.fullmatch(old, first, end) and _WORDS.fullmatch(new, first, end)):
+        return False
+    start = len(old[:first].rstrip(_WORD_BYTES))
+    stop = len(old) - len(old[end:].lstrip(_WORD_BYTES))
+    if old[start - 1:start] in (b"<", b"/", b"-") or old[stop:stop + 1] == b"-":
+        return False
+    return _A_TAG.search(old, old.rfind(b">", 0, start) + 1, start) is None
 
 
 def check_edits(before: bytes, after: bytes, edits: Sequence[Edit]) -> bool:

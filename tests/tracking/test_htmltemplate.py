@@ -79,9 +79,11 @@ def test_a_page_that_changed_only_in_digits_is_served_from_the_template(counted,
     ("partner1.example.net/page/1", "partner1.example.net/page/2"),   # a digit inside a rewritten link
     ("id=7", "id=8"),                                                 # ... inside a link's query
     ("same/3", "same/4"),                 # inside a link left as it was (same host: not external)
-    ("Seen 17", "Seen 1x"),                                           # a letter for a digit
     ("Seen 17", "Seen 170"),                                          # another length
-    ("Counter", "Countes"),                                           # a letter anywhere
+    ("</head>", "</heax>"),               # letters an editor reads: the snippet goes before </body> now
+    ("<p>Seen", "<a>Seen"),                                           # a tag name
+    ("<a href=/local/2>", "<a hreX=/local/2>"),                       # inside an <a> tag
+    ("Seen 17", "Seen+17"),                                           # not a word character
 ])
 def test_any_other_change_runs_the_editors_and_gets_their_result(counted, tmp_path, change):
     edit, parts = counted
@@ -89,6 +91,28 @@ def test_any_other_change_runs_the_editors_and_gets_their_result(counted, tmp_pa
     body = PAGE.replace(*change)
     out = served(edit, body)
     assert [p.calls for p in parts] == [2, 2]
+    assert out.raw_content == fresh(tmp_path, body).raw_content
+
+
+@pytest.mark.parametrize("token", ["q9ZfA_x", "Countes", "AAAAAAA"])
+def test_a_token_of_letters_outside_tags_the_editors_read_is_served_from_the_template(counted, tmp_path, token):
+    edit, parts = counted
+    page = PAGE.replace("<body>", '<body><input type=hidden name=csrf value="abcdefg"><!-- hijklmn -->')
+    served(edit, page)
+    for word in ("abcdefg", "hijklmn", "Counter"):  # each page differs from the one before in one token
+        page = page.replace(word, token)
+        out = served(edit, page)
+        assert [p.calls for p in parts] == [1, 1]
+        assert out.raw_content == fresh(tmp_path, page).raw_content
+
+
+def test_the_snippet_marker_is_a_word_the_template_does_not_touch(counted, tmp_path):
+    edit, parts = counted
+    page = PAGE.replace("<title>", "<title data-portico>")  # "already injected": no snippet
+    served(edit, page)
+    body = page.replace("data-portico", "dxta-portico")
+    out = served(edit, body)
+    assert [p.calls for p in parts] == [2, 2] and b"data-portico" in out.raw_content  # injected this time
     assert out.raw_content == fresh(tmp_path, body).raw_content
 
 
@@ -153,8 +177,8 @@ def test_an_editor_that_does_not_report_its_edits_gets_no_template(tmp_path):
 
 def test_a_page_whose_template_keeps_failing_is_given_up_and_retried(counted, tmp_path):
     edit, parts = counted
-    for n in range(MEMO_GIVE_UP + MEMO_RETRY + 2):  # a token of letters: never a template hit
-        body = PAGE.replace("Counter", "Counter " + "abcdefgh"[n % 8] * 4 + str(n))
+    for n in range(MEMO_GIVE_UP + MEMO_RETRY + 2):  # never a template hit
+        body = PAGE.replace("Counter", "Counter " + "+/"[n % 2] * 4 + f"{n:02d}")  # base64's + and /
         assert served(edit, body).raw_content == fresh(tmp_path, body).raw_content
     template = next(iter(edit._templates.values()))
     assert template.misses >= MEMO_GIVE_UP
@@ -178,7 +202,8 @@ def test_apply_copies_the_changed_span_next_to_edits_but_never_into_them():
     t = PageTemplate.build(body, result, None, edits)
     assert t.apply(b"ab99cd34ef") == b"ab99XYZ34!ef"
     assert t.apply(b"ab99cd35ef") == b"ab99XYZ35!ef"   # the span ends where the insertion is: fine
-    assert t.apply(b"ab99cd35eg") is None                  # a letter
+    assert t.apply(b"ab99cd35e#") is None                  # not a word character
+    assert t.apply(b"ab99cd35eg") == b"ab99XYZ35!eg"      # a token's letter
     assert t.apply(b"ab99cd35e") is None                   # a length
     t2 = PageTemplate.build(body, result, None, edits)
     assert t2.apply(b"ab12cd35ef") == b"ab12XYZ35!ef"
@@ -213,17 +238,25 @@ FRAGMENTS = st.sampled_from([
     "<a href=/local/{d}>l</a>", "<a class=c{d} href=https://e.example/{d}>z</a>", "<p>{d} items</p>",
     "<!-- {d} -->", "<span data-n=\"{d}\">{d}</span>", "<a href=&#104;ttps://ent.example/{d}>e</a>",
     "text {d}{d} ", "<img src=/i/{d}.png>", "<a hre{d}f='https://odd.example/'>o</a>",
-    "<a href='https://www.example.org/{d}'>same host</a>",
+    "<a href='https://www.example.org/{d}'>same host</a>", "<input name=csrf value={d}>",
+    # where a token could make or unmake what an editor looks for
+    "<{d} href=//tag.example/>", "<a {d}=//attr.example/>", "<a title={d} href=//t.example/>", "</hea{d}>",
+    "<i data-portic{d}>", "<i {d}-portico>", "<a href={d}//v.example/>", "<a href='{d}://s.example/'>",
 ])
+# three characters: digits; word characters (with the letters the editors look for); and
+# also characters that are not word characters
+VALUES = st.one_of(st.text("0123456789", min_size=3, max_size=3),
+                   st.text("0123456789adefhrAHRbtopciy_", min_size=3, max_size=3),
+                   st.text("0123456789adefhrAHRbtopciy_-</>\"' =:&", min_size=3, max_size=3))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(parts=st.lists(st.tuples(FRAGMENTS, st.integers(0, 99)), min_size=1, max_size=12),
-       steps=st.lists(st.lists(st.tuples(st.integers(0, 11), st.integers(0, 99)), min_size=1, max_size=3),
-                      min_size=1, max_size=3),
+@given(parts=st.lists(st.tuples(FRAGMENTS, VALUES), min_size=1, max_size=12),
+       steps=st.lists(st.lists(st.tuples(st.integers(0, 11), VALUES), min_size=1, max_size=3),
+                      min_size=1, max_size=4),
        head=st.booleans())
 def test_template_results_equal_a_fresh_edit(tmp_path, parts, steps, head):
-    """Each step changes one to three numbers of the page at once (a request later)."""
+    """Each step changes one to three tokens of the page at once (a request later)."""
     def page(values):
         body = "".join(f.format(d=v) for (f, _), v in zip(parts, values))
         return ("<html><head><title>t</title></head><body>" if head else "<html><body>") + body + "</body></html>"
@@ -240,3 +273,39 @@ def test_template_results_equal_a_fresh_edit(tmp_path, parts, steps, head):
             assert check_edits(template.body, template.result, list(zip(template.starts, template.ends, [
                 (b - a) + (s2 - s1) for a, b, s1, s2 in zip(template.starts, template.ends, template.shifts,
                                                             template.shifts[1:])])))
+
+
+
+# (fragment, token length): tokens that make or unmake what an editor looks for, in place
+TOKEN_SLOTS = [
+    ("<{d} href=//tag.example/>", 1), ("<a {d}=//attr.example/>", 4), ("<a title={d} href=//t.example/>", 4),
+    ("</{d}>", 4), ("<i {d}-portico>", 4), ("<i data-{d}>", 7), ("<p>{d}</p>", 4), ("<!-- {d} -->", 4),
+    ("<input name=csrf value={d}>", 4), ("<a href='https://x{d}.example/'>x</a>", 4), ("<a href=/l/{d}>l</a>", 4),
+]
+SPECIAL = {1: ["a", "A", "b", "1", "_"], 4: ["head", "heax", "HEAD", "body", "bod1", "data", "dxta", "href",
+                                                "hrex", "HREF", "a__1"], 7: ["portico", "portic0"]}
+
+
+def slot_token(length: int) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(SPECIAL[length]), st.text("0123456789adefhrAHRbtopciy_", min_size=length,
+                                                                 max_size=length))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), slots=st.lists(st.sampled_from(TOKEN_SLOTS), min_size=1, max_size=6), head=st.booleans())
+def test_one_token_at_a_time_equals_a_fresh_edit(tmp_path, data, slots, head):
+    """One word token changes a request, in every context: where the template may serve the
+    page and where it must not (after `<` or `/`, next to `-`, inside an `<a` tag)."""
+    values = [data.draw(slot_token(n)) for _, n in slots]
+    edit = HtmlEdit(editors(tmp_path))
+
+    def page() -> str:
+        return (("<html><head><title>t</title></head><body>" if head else "<html><body>")
+                + "".join(f.format(d=v) for (f, _), v in zip(slots, values)) + "</body></html>")
+
+    served(edit, page())
+    for _ in range(data.draw(st.integers(1, 6))):
+        i = data.draw(st.integers(0, len(slots) - 1))
+        values[i] = data.draw(slot_token(slots[i][1]))
+        body = page()
+        assert served(edit, body).raw_content == fresh(tmp_path, body).raw_content

@@ -233,8 +233,7 @@ class HtmlEdit:
         changed = False
         edits: list[Edit] | None = [] if track and not transcode and cenc in ("", "identity") else None
         for editor in editors:
-            if edits is not None:
-                page.edits = []
+            page.edits = [] if edits is not None else None  # an earlier bad report stops asking
             new = editor.edit_html(page)
             if new is not None:
                 if edits is not None:

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from mitmproxy import http
@@ -66,7 +67,14 @@ class OutboundSettings:
 def redirect_path(secret: bytes, prefix: str, target: str, from_path: str) -> str:
     """The signed redirect path for an outbound link from `from_path` to `target`."""
     sig = sign(secret, PURPOSE, {"u": target, "f": from_path})
-    return f"{prefix}out?u={quote(target, safe='')}&f={quote(from_path, safe='')}&s={sig}"
+    return f"{prefix}out?u={quote(target, safe='')}&f={_quoted_path(from_path)}&s={sig}"
+
+
+@lru_cache(maxsize=1024)
+def _quoted_path(path: str) -> str:
+    """`quote(path, safe='')`, remembered: every link of a page has the same page path, and
+    quote() is a Python loop over the bytes."""
+    return quote(path, safe="")
 
 
 def is_external(href: str, page_host: str, internal_hosts: Collection[str]) -> bool:
@@ -82,15 +90,16 @@ def is_external(href: str, page_host: str, internal_hosts: Collection[str]) -> b
 
 def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, page_host: str, from_path: str,
                         internal_hosts: Collection[str] = (),
-                        signed: OrderedDict[tuple[str, str, str], bytes] | None = None,
+                        signed: OrderedDict[tuple[bytes, str, str, str], bytes] | None = None,
                         pages: OrderedDict[tuple[object, ...], tuple[list[bytes], int]] | None = None,
                         edits: list[tuple[int, int, int]] | None = None) -> tuple[bytes, int]:
     """(page bytes with external `<a href>` pointed at the signed redirect, number rewritten).
 
     `data` is in `charset`, which must be ASCII-compatible (see addons/htmledit.py): only the
-    href values are decoded. `signed` memoises (raw href, page host, page path) -> escaped
-    redirect path across pages (bounded by SIGNED_LINKS): pages that change on every request
-    still link to the same places, and each signature is an HMAC. `pages` memoises a page's
+    href values are decoded. `signed` memoises (href bytes, charset, page host, page path) ->
+    escaped redirect path, or b"" for a link that is not external after all, across pages
+    (bounded by SIGNED_LINKS): pages that change on every request still link to the same
+    places, each signature is an HMAC, and the lookup needs no decoding. `pages` memoises a page's
     whole set of candidate links (bounded by PAGE_LINK_SETS): a page whose body changes on
     every request (a token, a counter, a timestamp) but whose links don't is then rewritten
     without any Python code per link: one regex split, slice assignments and a join.
@@ -116,8 +125,15 @@ def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, p
         head, double, single, bare = pieces[i:i + 4]
         raw = double if double is not None else single if single is not None else bare
         assert raw is not None
-        done = _signed_path(raw, charset, secret, prefix, page_host, from_path, internal_hosts, signed)
-        if done is None:  # not external after all: the link exactly as it was
+        link = (raw, charset, page_host, from_path)
+        done = signed.get(link) if signed is not None else None
+        if done is None:
+            done = _signed_path(raw, charset, secret, prefix, page_host, from_path, internal_hosts)
+            if signed is not None:
+                signed[link] = done
+                if len(signed) > SIGNED_LINKS:
+                    signed.popitem(last=False)
+        if not done:  # not external after all: the link exactly as it was
             quote_mark = b'"' if double is not None else b"'" if single is not None else b""
             replacements.append(head + quote_mark + raw + quote_mark)
         else:
@@ -155,24 +171,14 @@ def _splice(pieces: list[bytes | None], replacements: list[bytes]) -> bytes:
 
 
 def _signed_path(raw: bytes, charset: str, secret: bytes, prefix: str, page_host: str, from_path: str,
-                 internal_hosts: Collection[str],
-                 signed: OrderedDict[tuple[str, str, str], bytes] | None) -> bytes | None:
-    """The escaped signed redirect path for one href value as found in the page, or None
-    when it isn't an external link."""
-    text = raw.decode(charset, "replace")
-    key = (text, page_host, from_path)
-    done = signed.get(key) if signed is not None else None
-    if done is None:
-        href = html.unescape(text).strip()
-        if not is_external(href, page_host, internal_hosts):
-            return None
-        target = "https:" + href if href.startswith("//") else href
-        done = html.escape(redirect_path(secret, prefix, target, from_path), quote=True).encode("ascii")
-        if signed is not None:
-            signed[key] = done
-            if len(signed) > SIGNED_LINKS:
-                signed.popitem(last=False)
-    return done
+                 internal_hosts: Collection[str]) -> bytes:
+    """The escaped signed redirect path for one href value as found in the page, or b""
+    when it isn't an external link (remembered too: a same-host absolute link is parsed once)."""
+    href = html.unescape(raw.decode(charset, "replace")).strip()
+    if not is_external(href, page_host, internal_hosts):
+        return b""
+    target = "https:" + href if href.startswith("//") else href
+    return html.escape(redirect_path(secret, prefix, target, from_path), quote=True).encode("ascii")
 
 
 def rewrite_links(text: str, secret: bytes, prefix: str, page_host: str, from_path: str,
@@ -206,7 +212,7 @@ class Outbound:
         self.visitors = visitors
         self.endpoint = settings.reserved_prefix + "out"
         self.request_paths = frozenset({self.endpoint})  # `request` answers only these (addons/bundle.py)
-        self._signed: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._signed: OrderedDict[tuple[bytes, str, str, str], bytes] = OrderedDict()
         self._pages: OrderedDict[tuple[object, ...], tuple[list[bytes], int]] = OrderedDict()
 
     def edit_html(self, page: HtmlPage) -> bytes | None:

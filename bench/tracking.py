@@ -19,10 +19,14 @@ reversed in the next round (ABC CBA, pages too: a steady drift cancels out withi
 rounds), and stops them. Ratios are taken per round; their median over the rounds is
 reported with the interquartile range.
 
-Two pages:
-- `/page`: the same bytes every time (a static page: the HTML editor's memo hits);
-- `/unique`: a different body every request (a counter in a comment, like a CSRF token),
-  so the page is really searched, rewritten and injected every time.
+Four pages, all the same HTML but for what changes per request:
+- `/page`: nothing, the same bytes every time (a static page: the HTML editor's memo hits);
+- `/unique`: a counter in a comment (digits; the editor's page template serves it);
+- `/token`: a 32-character CSRF token in a hidden input, new every request (letters and
+  digits in an attribute value, where no editor looks: the template serves it too);
+- `/rewrite`: the same token also in an absolute link (a per-request token inside a link
+  the gateway rewrites defeats the template: the page is really searched, rewritten and
+  injected every time; the worst case).
 Then POSTs beacon batches (10 events each) with wrk and reports events/s answered 202
 (durable). Measured with `wrk` (Debian package).
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import glob
 import json
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -63,8 +68,8 @@ def _response(body: bytes) -> bytes:
 
 
 class PageResponder:
-    """BODY for every path, with a per-request counter under /unique (picklable, for the
-    upstream's own process)."""
+    """BODY for every path; per request, a counter under /unique, a token under /token and
+    /rewrite (picklable, for the upstream's own process)."""
 
     def __init__(self) -> None:
         self.fixed = _response(BODY)
@@ -74,6 +79,12 @@ class PageResponder:
         if head.startswith(b"GET /unique"):
             self.counter += 1
             return _response(BODY.replace(b"<h1>", b"<!-- %08d --><h1>" % self.counter, 1))
+        if head.startswith((b"GET /token", b"GET /rewrite")):
+            token = secrets.token_urlsafe(24).replace("-", "x").replace("_", "y").encode()  # like Django's
+            page = BODY.replace(b"<h1>", b'<input type=hidden name=csrf value="%s"><h1>' % token, 1)
+            if head.startswith(b"GET /rewrite"):
+                page = page.replace(b"/page/0'", b"/page/0?t=%s'" % token, 1)
+            return _response(page)
         return self.fixed
 
 
@@ -137,7 +148,7 @@ def main() -> int:
     upstream, up_port = start_upstream(b"", respond=PageResponder())
     tmp = Path(tempfile.mkdtemp(prefix="portico-bench-tracking-"))
     results: dict[str, dict[str, float]] = {}
-    pages = ("/page", "/unique")
+    pages = ("/page", "/unique", "/token", "/rewrite")
     ratios: dict[tuple[str, str], list[float]] = {(page, side): [] for page in pages for side in ("on", "on+log")}
     procs: dict[str, subprocess.Popen[bytes]] = {}  # side -> this round's gateway process
     cpu: dict[tuple[str, str, str], list[float]] = {}  # (page, side, part) -> us of CPU per request, per run

@@ -87,6 +87,12 @@ def _declared_charset(content_type: str) -> str:
     return "gb18030" if charset.lower() in ("gb2312", "gbk") else charset
 
 
+def _worth_trying(misses: int) -> bool:
+    """Whether the memo or a template is tried after `misses` misses in a row: always at
+    first, then every MEMO_RETRY-th time (a page may turn static again)."""
+    return misses < MEMO_GIVE_UP or misses % MEMO_RETRY == 0
+
+
 def _templated_charset(content_type: str) -> bool:
     """A charset declared in Content-Type, in which ASCII digits are themselves (templates)."""
     charset = _declared_charset(content_type)
@@ -146,7 +152,7 @@ class HtmlEdit:
         key: tuple[object, ...] | None = None
         page = (host, path)
         misses = self._misses.get(page, 0)
-        if len(raw) <= MEMO_MAX_BODY and (misses < MEMO_GIVE_UP or misses % MEMO_RETRY == 0):
+        if len(raw) <= MEMO_MAX_BODY and _worth_trying(misses):
             key = (hash(raw), len(raw), editor_ids, host, path, method, ctype, cenc, tuple(csp))
             hit = self._memo.get(key)
             if hit is not None and hit[0] == raw:
@@ -166,7 +172,7 @@ class HtmlEdit:
             template_key = (editor_ids, host, path, method, ctype, tuple(csp))
             template = self._templates.get(template_key)
             if template is not None:
-                trying = template.misses < MEMO_GIVE_UP or template.misses % MEMO_RETRY == 0
+                trying = _worth_trying(template.misses)
                 if trying:
                     out = template.apply(raw)
                     if out is not None:

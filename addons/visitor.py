@@ -116,6 +116,10 @@ class Session:
     campaign_first: str = ""
     campaign_last: str = ""
     goals_done: set[str] = field(default_factory=set)
+    # session.start recorded: by addons/tracking.py, for the first flow it records in the
+    # session, which is not always the flow whose visit() started it (an email click, a
+    # beacon or an outbound redirect answered by Portico can start one first)
+    announced: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import codecs
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from mitmproxy import http
@@ -48,7 +48,7 @@ from mitmproxy.net.http.headers import infer_content_encoding, parse_content_typ
 
 from addons import metadata
 from addons.htmlpage import HtmlEditor, HtmlPage
-from addons.htmltemplate import Edit, PageTemplate, merge_edits
+from addons.htmltemplate import OwnedEdit, PageTemplate, merge_edits
 
 log = logging.getLogger("portico.htmledit")
 
@@ -174,7 +174,7 @@ class HtmlEdit:
             if template is not None:
                 trying = _worth_trying(template.misses)
                 if trying:
-                    out = template.apply(raw)
+                    out = template.apply(raw, self._redo(editors, ctype, host, path, method, csp, md))
                     if out is not None:
                         template.misses = 0
                         self._templates.move_to_end(template_key)
@@ -204,6 +204,20 @@ class HtmlEdit:
         if len(self._memo) > MEMO_ENTRIES:
             self._memo.popitem(last=False)
 
+    @staticmethod
+    def _redo(editors: list[HtmlEditor], ctype: str, host: str, path: str, method: str, csp: list[str],
+              md: dict[str, object]) -> Callable[[int, bytes], bytes | None]:
+        """For `PageTemplate.apply`: editor `owner`'s replacement for one of its edits whose
+        bytes changed (`HtmlEditor.edit_html`'s `redo_edit`), or None when it has none."""
+        def redo(owner: int, span: bytes) -> bytes | None:
+            redo_edit = getattr(editors[owner], "redo_edit", None)
+            if redo_edit is None:
+                return None
+            page = HtmlPage(b"", _declared_charset(ctype), host, path, method,
+                            str(md.get(metadata.REQUEST_ID) or ""), list(csp))
+            return redo_edit(page, span)
+        return redo
+
     def _editors_for(self, route: object) -> tuple[list[HtmlEditor], tuple[int, ...]]:
         """The editors configured for `route` (and their ids, for the memo key), remembered per route."""
         editors = [e for e in self.editors if "*" in e.routes or route in e.routes]
@@ -214,7 +228,7 @@ class HtmlEdit:
 
     def _edit(self, resp: http.Response, raw: bytes, editors: list[HtmlEditor], ctype: str, cenc: str,
               csp: list[str], host: str, path: str, method: str, rid: str,
-              track: bool = False) -> tuple[bytes | None, list[str] | None, list[Edit] | None]:
+              track: bool = False) -> tuple[bytes | None, list[str] | None, list[OwnedEdit] | None]:
         """(new raw body or None, new CSP values or None, the edits in `raw`'s coordinates or
         None). Edits are asked of the editors only with `track`, and returned only when every
         editor that changed the page reported them correctly."""
@@ -237,13 +251,13 @@ class HtmlEdit:
                 return None, None, None
         page = HtmlPage(body, "utf-8" if transcode else charset, host, path, method, rid, list(csp))
         changed = False
-        edits: list[Edit] | None = [] if track and not transcode and cenc in ("", "identity") else None
-        for editor in editors:
+        edits: list[OwnedEdit] | None = [] if track and not transcode and cenc in ("", "identity") else None
+        for index, editor in enumerate(editors):
             page.edits = [] if edits is not None else None  # an earlier bad report stops asking
             new = editor.edit_html(page)
             if new is not None:
                 if edits is not None:
-                    edits = merge_edits(edits, page.body, new, page.edits or ())
+                    edits = merge_edits(edits, page.body, new, page.edits or (), index)
                 page.body, changed = new, True
         if not changed:
             return None, (page.csp if page.csp_changed else None), None

@@ -49,4 +49,13 @@ class HtmlEditor(Protocol):
         fields. Outbound (a regex over `<a href>`) and Snippet (before `</head>`, unless
         `data-portico` is there) keep it; an editor that can't must leave `page.edits`
         alone, and its pages are then never served from a template.
+
+        An editor may also have `redo_edit(page, span) -> bytes | None`: what it puts in place
+        of one of its reported edits whose bytes are now `span` (changed in digits, or in one
+        such run of word characters lying inside that edit, even inside an `<a` tag), the rest
+        of the page being as before; None when it can't tell. It must then keep this promise
+        too: such a change moves no edit of any editor, and inside an `<a` tag only the editor
+        whose edit holds it reads it. Outbound keeps it (its edits are the href values; a
+        change of word characters inside one can't end or start a value, and the regex
+        decides a link's start before it reaches the value); Snippet has nothing inside links.
         """

@@ -44,11 +44,10 @@ PURPOSE = "outbound"
 # One pass over the page for `<a ... href=VALUE` where VALUE could be external: absolute or
 # protocol-relative (`scheme://`, `//`), or starting with an entity (`&#104;ttps://`, decoded
 # before the check). Local links never reach Python code.
-_EXTERNAL_HREF = re.compile(
-    rb"""(<a\b[^>]*?\bhref\s*=\s*)"""
-    rb"""(?:"(\s*(?:[a-z][a-z0-9+.-]*:)?//[^"]*|\s*&[^"]*)"|'(\s*(?:[a-z][a-z0-9+.-]*:)?//[^']*|\s*&[^']*)'"""
-    rb"""|((?:[a-z][a-z0-9+.-]*:)?//[^\s"'=<>`]+|&[^\s"'=<>`]+))""",
-    re.IGNORECASE)
+_HREF_VALUE = (rb"""(?:"(\s*(?:[a-z][a-z0-9+.-]*:)?//[^"]*|\s*&[^"]*)"|'(\s*(?:[a-z][a-z0-9+.-]*:)?//[^']*|\s*&[^']*)'"""
+               rb"""|((?:[a-z][a-z0-9+.-]*:)?//[^\s"'=<>`]+|&[^\s"'=<>`]+))""")
+_EXTERNAL_HREF = re.compile(rb"""(<a\b[^>]*?\bhref\s*=\s*)""" + _HREF_VALUE, re.IGNORECASE)
+_EXTERNAL_VALUE = re.compile(_HREF_VALUE, re.IGNORECASE)  # one candidate's value, quotes included
 
 
 SIGNED_LINKS = 4096
@@ -103,9 +102,10 @@ def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, p
     whole set of candidate links (bounded by PAGE_LINK_SETS): a page whose body changes on
     every request (a token, a counter, a timestamp) but whose links don't is then rewritten
     without any Python code per link: one regex split, slice assignments and a join.
-    With `edits` (a list), every candidate link's `<a ... href=VALUE` is appended to it as
-    (start, end, new length), rewritten or not: whether a link is external is decided on
-    those bytes alone (see HtmlPage.edits).
+    With `edits` (a list), every candidate link's VALUE (quotes included: the `<a ... href=`
+    before it is kept as it is) is appended to it as (start, end, new length), rewritten or
+    not: whether a link is external is decided on those bytes alone (see HtmlPage.edits),
+    and `Outbound.redo_edit` tells a changed one's replacement on its own.
     """
     pieces = _EXTERNAL_HREF.split(data)  # text, then 4 groups and text per candidate link
     if len(pieces) == 1:
@@ -125,14 +125,7 @@ def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, p
         head, double, single, bare = pieces[i:i + 4]
         raw = double if double is not None else single if single is not None else bare
         assert raw is not None
-        link = (raw, charset, page_host, from_path)
-        done = signed.get(link) if signed is not None else None
-        if done is None:
-            done = _signed_path(raw, charset, secret, prefix, page_host, from_path, internal_hosts)
-            if signed is not None:
-                signed[link] = done
-                if len(signed) > SIGNED_LINKS:
-                    signed.popitem(last=False)
+        done = _signed_remembered(raw, charset, secret, prefix, page_host, from_path, internal_hosts, signed)
         if not done:  # not external after all: the link exactly as it was
             quote_mark = b'"' if double is not None else b"'" if single is not None else b""
             replacements.append(head + quote_mark + raw + quote_mark)
@@ -149,16 +142,17 @@ def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, p
 
 
 def _link_edits(pieces: list[bytes | None], replacements: list[bytes]) -> list[tuple[int, int, int]]:
-    """(start, end, new length) of each link matched in `pieces` (from `_EXTERNAL_HREF.split`,
-    before `_splice`): a match is its head and its value, plus the quotes the groups leave out."""
+    """(start, end, new length) of each link value matched in `pieces` (from
+    `_EXTERNAL_HREF.split`, before `_splice`), with the quotes the groups leave out; each
+    replacement is the match's head as it was, then the new value."""
     out: list[tuple[int, int, int]] = []
     at = 0
     for i, new in zip(range(0, len(pieces) - 1, 5), replacements):
         head, double, single, bare = pieces[i + 1:i + 5]
-        at += len(pieces[i])  # type: ignore[arg-type]  # text pieces are never None
+        at += len(pieces[i]) + len(head)  # type: ignore[arg-type]  # text pieces and heads are never None
         value = double if double is not None else single if single is not None else bare
-        end = at + len(head) + len(value) + (0 if bare is not None else 2)  # type: ignore[arg-type]
-        out.append((at, end, len(new)))
+        end = at + len(value) + (0 if bare is not None else 2)  # type: ignore[arg-type]
+        out.append((at, end, len(new) - len(head)))  # type: ignore[arg-type]
         at = end
     return out
 
@@ -168,6 +162,21 @@ def _splice(pieces: list[bytes | None], replacements: list[bytes]) -> bytes:
     pieces[1::5] = replacements
     pieces[2::5] = pieces[3::5] = pieces[4::5] = [b""] * len(replacements)
     return b"".join(pieces)  # type: ignore[arg-type]  # no None left
+
+
+def _signed_remembered(raw: bytes, charset: str, secret: bytes, prefix: str, page_host: str, from_path: str,
+                       internal_hosts: Collection[str],
+                       signed: OrderedDict[tuple[bytes, str, str, str], bytes] | None) -> bytes:
+    """`_signed_path`, looked up in and added to `signed` when given (bounded by SIGNED_LINKS)."""
+    link = (raw, charset, page_host, from_path)
+    done = signed.get(link) if signed is not None else None
+    if done is None:
+        done = _signed_path(raw, charset, secret, prefix, page_host, from_path, internal_hosts)
+        if signed is not None:
+            signed[link] = done
+            if len(signed) > SIGNED_LINKS:
+                signed.popitem(last=False)
+    return done
 
 
 def _signed_path(raw: bytes, charset: str, secret: bytes, prefix: str, page_host: str, from_path: str,
@@ -228,6 +237,21 @@ class Outbound:
         if page.edits is not None and edits:
             page.edits += edits
         return new
+
+    def redo_edit(self, page: HtmlPage, span: bytes) -> bytes | None:
+        """What `edit_html` puts in place of a link value it reported, now that the value's
+        bytes changed to `span` (see HtmlEditor.edit_html); None when `span` is not a
+        candidate link value any more (the page is then edited in full)."""
+        m = _EXTERNAL_VALUE.fullmatch(span)
+        if m is None:
+            return None
+        double, single, bare = m.groups()
+        raw = double if double is not None else single if single is not None else bare
+        assert raw is not None
+        s = self.settings
+        done = _signed_remembered(raw, page.charset, s.secret, s.reserved_prefix, page.host, page.path,
+                                  s.internal_hosts, self._signed)
+        return b'"' + done + b'"' if done else span
 
     def request(self, flow: http.HTTPFlow) -> None:
         target = reverse_request_target(flow)

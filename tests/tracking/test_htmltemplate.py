@@ -32,11 +32,16 @@ class Counting:
     """Wraps an editor and counts its calls (a template hit runs no editor)."""
 
     def __init__(self, editor) -> None:
-        self.editor, self.calls, self.routes = editor, 0, editor.routes
+        self.editor, self.calls, self.redos, self.routes = editor, 0, 0, editor.routes
 
     def edit_html(self, page: HtmlPage) -> bytes | None:
         self.calls += 1
         return self.editor.edit_html(page)
+
+    def redo_edit(self, page: HtmlPage, span: bytes) -> bytes | None:
+        self.redos += 1
+        redo = getattr(self.editor, "redo_edit", None)
+        return None if redo is None else redo(page, span)
 
 
 def editors(tmp_path, inject: bool = True) -> list:
@@ -77,8 +82,25 @@ def test_a_page_that_changed_only_in_digits_is_served_from_the_template(counted,
 
 @pytest.mark.parametrize("change", [
     ("partner1.example.net/page/1", "partner1.example.net/page/2"),   # a digit inside a rewritten link
+    ("partner1.example.net", "partner7.example.net"),                 # ... in its host
     ("id=7", "id=8"),                                                 # ... inside a link's query
+    ("id=7", "id=Q"),                                                 # a token there
     ("same/3", "same/4"),                 # inside a link left as it was (same host: not external)
+    ("'https://partner1", "'http7://partner1"),                       # not http(s) any more: left as it is
+])
+def test_a_change_inside_a_link_is_redone_by_its_editor_alone(counted, tmp_path, change):
+    """The changed link's value is asked of Outbound on its own; the rest of the page comes
+    from the template."""
+    edit, parts = counted
+    served(edit, PAGE)
+    body = PAGE.replace(*change)
+    out = served(edit, body)
+    assert [p.calls for p in parts] == [1, 1] and parts[0].redos == 1 and parts[1].redos == 0
+    assert out.raw_content == fresh(tmp_path, body).raw_content
+
+
+@pytest.mark.parametrize("change", [
+    ("'https://partner1", "'7ttps://partner1"),  # inside a link, but no link value any more: Outbound can't tell
     ("Seen 17", "Seen 170"),                                          # another length
     ("</head>", "</heax>"),               # letters an editor reads: the snippet goes before </body> now
     ("<p>Seen", "<a>Seen"),                                           # a tag name
@@ -106,6 +128,32 @@ def test_a_token_of_letters_outside_tags_the_editors_read_is_served_from_the_tem
         assert out.raw_content == fresh(tmp_path, page).raw_content
 
 
+def test_a_token_in_several_places_is_served_from_the_template(counted, tmp_path):
+    """A CSRF token in a meta tag, a form and a link's query changes everywhere at once: each
+    change is checked on its own (its letters may match the old token's in places)."""
+    edit, parts = counted
+    old = "AbCdEf12"
+    page = PAGE.replace("<title>", f'<meta name=csrf content="{old}"><title>').replace(
+        "<body>", f'<body><input name=csrf value="{old}">').replace("x?id=7", f"x?id=7&amp;t={old}")
+    served(edit, page)
+    for token in ("AbCdEf13", "ZZCdQQ12", "q_9xY0Lm"):
+        page = page.replace(old, token)
+        old = token
+        out = served(edit, page)
+        assert [p.calls for p in parts] == [1, 1]
+        assert out.raw_content == fresh(tmp_path, page).raw_content
+    assert parts[0].redos == 3
+    many = page.replace("Seen 17", "Seen 18").replace(old, "k" * 8)  # with a change the editors read:
+    many = many.replace("</head>", "</heax>")
+    assert served(edit, many).raw_content == fresh(tmp_path, many).raw_content
+    assert [p.calls for p in parts] == [2, 2]
+    spread = "".join(f"<p>{c}</p>" for c in "abcdefghij")  # more changed places than MAX_SEGMENTS
+    served(edit, spread.join(PAGE.split("<p>Generated")), "/q")
+    again = spread.upper().replace("<P>", "<p>").replace("</P>", "</p>").join(PAGE.split("<p>Generated"))
+    assert served(edit, again, "/q").raw_content == fresh(tmp_path, again, "/q").raw_content
+    assert [p.calls for p in parts] == [4, 4]
+
+
 def test_the_snippet_marker_is_a_word_the_template_does_not_touch(counted, tmp_path):
     edit, parts = counted
     page = PAGE.replace("<title>", "<title data-portico>")  # "already injected": no snippet
@@ -116,13 +164,18 @@ def test_the_snippet_marker_is_a_word_the_template_does_not_touch(counted, tmp_p
     assert out.raw_content == fresh(tmp_path, body).raw_content
 
 
-def test_a_link_whose_digits_changed_is_signed_for_its_new_target(counted):
-    """The case that matters most: a stale signature would send the click to the old page."""
-    edit, _ = counted
-    served(edit, PAGE)
-    out = served(edit, PAGE.replace("page/1", "page/9")).raw_content.decode()
+@pytest.mark.parametrize("before, after", [("page/1", "page/9"), ("page/1", "page/1?t=abcdef"),
+                                           ("page/1?t=abcdef", "page/1?t=Zq_9x0")])
+def test_a_changed_link_is_signed_for_its_new_target(counted, before, after):
+    """The case that matters most: a stale signature would send the click to the old page
+    (a per-request token inside a link, too)."""
+    edit, parts = counted
+    page = PAGE.replace("page/1", before)
+    served(edit, page)
+    out = served(edit, page.replace(before, after)).raw_content.decode()
     links = [m.replace("&amp;", "&") for m in re.findall(r'href="/_portico/out\?([^"]+)"', out)]
-    assert check_redirect(SECRET, links[0]) == ("https://partner1.example.net/page/9", "/p")
+    assert check_redirect(SECRET, links[0]) == (f"https://partner1.example.net/{after}", "/p")
+    assert parts[0].calls == (2 if len(before) != len(after) else 1)
 
 
 def test_templates_are_per_page_and_per_csp(counted, tmp_path):
@@ -222,13 +275,51 @@ def test_check_edits_refuses_a_report_that_does_not_match():
 
 
 def test_merge_refuses_an_edit_inside_an_earlier_edits_output():
-    done = [(2, 3, 3)]           # "abcdef" -> "abXYZdef"
-    assert merge_edits(done, b"abXYZdef", b"abXY!Zdef", [(4, 4, 1)]) is None
-    assert merge_edits(done, b"abXYZdef", b"ab!XYZdef", [(2, 2, 1)]) == [(2, 2, 1), (2, 3, 3)]
-    assert merge_edits(done, b"abXYZdef", b"abXYZd!ef", [(6, 6, 1)]) == [(2, 3, 3), (4, 4, 1)]
-    assert merge_edits(done, b"abXYZdef", b"abXYZ!def", [(5, 5, 1)]) == [(2, 3, 3), (3, 3, 1)]  # right after
-    assert merge_edits(done, b"abXYZdef", b"abXYZ!ef", [(5, 6, 1)]) == [(2, 3, 3), (3, 4, 1)]
-    assert merge_edits(done, b"abXYZdef", b"abXYZdef", [(4, 4, 1)]) is None  # a wrong report
+    done = [(2, 3, 3, 0)]           # "abcdef" -> "abXYZdef" by editor 0; editor 1 next
+    assert merge_edits(done, b"abXYZdef", b"abXY!Zdef", [(4, 4, 1)], 1) is None
+    assert merge_edits(done, b"abXYZdef", b"ab!XYZdef", [(2, 2, 1)], 1) == [(2, 2, 1, 1), (2, 3, 3, 0)]
+    assert merge_edits(done, b"abXYZdef", b"abXYZd!ef", [(6, 6, 1)], 1) == [(2, 3, 3, 0), (4, 4, 1, 1)]
+    assert merge_edits(done, b"abXYZdef", b"abXYZ!def", [(5, 5, 1)], 1) == [(2, 3, 3, 0), (3, 3, 1, 1)]  # right after
+    assert merge_edits(done, b"abXYZdef", b"abXYZ!ef", [(5, 6, 1)], 1) == [(2, 3, 3, 0), (3, 4, 1, 1)]
+    assert merge_edits(done, b"abXYZdef", b"abXYZdef", [(4, 4, 1)], 1) is None  # a wrong report
+
+
+def test_apply_redoes_a_changed_edit_with_its_editor_and_keeps_the_lengths_right():
+    """An edit whose bytes changed is asked of its editor alone (`redo`); a new length moves
+    the edits after it, for this page and the next."""
+    body = b"<a href='//x?t=AB'>k 1 <a href='//x?t=CD'>n 5."
+    quoted = [(body.index(b"'//x?t=AB'"), body.index(b"'//x?t=AB'") + 10), (body.index(b"'//x?t=CD'"), body.index(b"'//x?t=CD'") + 10)]
+
+    def redo(owner: int, span: bytes) -> bytes | None:
+        asked.append((owner, span))
+        return None if b"Q" in span else b"<" + span[1:-1].lower() * (2 if b"L" in span else 1) + b">"
+
+    result = body
+    for start, end in reversed(quoted):
+        result = result[:start] + b"<" + body[start + 1:end - 1].lower() + b">" + result[end:]
+    t = PageTemplate.build(body, result, None, [(quoted[0][0], quoted[0][1], 10, 3), (quoted[1][0], quoted[1][1], 10, 3)])
+    asked: list[tuple[int, bytes]] = []
+    assert t.apply(body.replace(b"AB", b"XY"), redo) == result.replace(b"ab", b"xy")
+    assert asked == [(3, b"'//x?t=XY'")]
+    assert t.apply(body.replace(b"AB", b"XY").replace(b"CD", b"LM"), redo) == result.replace(b"ab", b"xy").replace(
+        b"<//x?t=cd>", b"<//x?t=lm//x?t=lm>")   # a longer replacement
+    assert t.apply(body.replace(b"AB", b"XY").replace(b"CD", b"LM").replace(b"n 5", b"n 6"), redo) == result.replace(
+        b"ab", b"xy").replace(b"<//x?t=cd>", b"<//x?t=lm//x?t=lm>").replace(b"n 5", b"n 6")  # after the longer one
+    assert t.apply(body.replace(b"AB", b"XY").replace(b"CD", b"LM").replace(b"k 1", b"k 2"), redo) == result.replace(
+        b"ab", b"xy").replace(b"<//x?t=cd>", b"<//x?t=lm//x?t=lm>").replace(b"k 1", b"k 2")
+    assert t.apply(body.replace(b"AB", b"QQ").replace(b"CD", b"LM"), redo) is None  # the editor can't tell
+    no_owner = PageTemplate.build(body, result, None, [(quoted[0][0], quoted[0][1], 10), (quoted[1][0], quoted[1][1], 10)])
+    assert no_owner.apply(body.replace(b"AB", b"XY"), redo) is None
+    assert PageTemplate.build(body, result, None, [(*quoted[0], 10, 3), (*quoted[1], 10, 3)]).apply(
+        body.replace(b"AB", b"XY")) is None  # no redo given
+
+
+def test_inside_an_a_tag_only_a_change_within_one_edit_is_redone():
+    body = b"<a title=TT href='//x?t=AB'>k</a>"
+    start = body.index(b"'//x")
+    t = PageTemplate.build(body, body.replace(b"'//x?t=AB'", b'"S"'), None, [(start, start + 10, 3, 0)])
+    assert t.apply(body.replace(b"TT", b"UU"), lambda owner, span: b'"S"') is None  # the tag, outside the edit
+    assert t.apply(body.replace(b"AB", b"CD"), lambda owner, span: b'"S2"') == body.replace(b"'//x?t=AB'", b'"S2"')
 
 
 # --- property: a template hit is always what the editors would produce ---------------------
@@ -281,9 +372,15 @@ TOKEN_SLOTS = [
     ("<{d} href=//tag.example/>", 1), ("<a {d}=//attr.example/>", 4), ("<a title={d} href=//t.example/>", 4),
     ("</{d}>", 4), ("<i {d}-portico>", 4), ("<i data-{d}>", 7), ("<p>{d}</p>", 4), ("<!-- {d} -->", 4),
     ("<input name=csrf value={d}>", 4), ("<a href='https://x{d}.example/'>x</a>", 4), ("<a href=/l/{d}>l</a>", 4),
+    # inside link values (the edits Outbound can redo): query, scheme, bare, entity, same host, host
+    ("<a href='https://x.example/p?t={d}'>x</a>", 4), ("<a href=\"{d}s://y.example/\">y</a>", 4),
+    ("<a href=https://b.example/?q={d}>b</a>", 4), ("<a href='&#104;ttps://e.example/?k={d}'>e</a>", 4),
+    ("<a href='https://www.example.org/?s={d}'>same</a>", 4), ("<a href='https://{d}.example.org/'>h</a>", 3),
+    ("<a class=k href='//c.example/?v={d}' title=z>c</a>", 4),
 ]
-SPECIAL = {1: ["a", "A", "b", "1", "_"], 4: ["head", "heax", "HEAD", "body", "bod1", "data", "dxta", "href",
-                                                "hrex", "HREF", "a__1"], 7: ["portico", "portic0"]}
+SPECIAL = {1: ["a", "A", "b", "1", "_"], 3: ["www", "WWW", "abc", "7ab"],
+           4: ["head", "heax", "HEAD", "body", "bod1", "data", "dxta", "href", "hrex", "HREF", "a__1", "http", "HTTP",
+               "7ttp"], 7: ["portico", "portic0"]}
 
 
 def slot_token(length: int) -> st.SearchStrategy[str]:

@@ -14,10 +14,9 @@ its size. At ~1,000 requests/s, batches every 100 ms cost the writer thread 23-2
 CPU per request, every 500 ms 13-15 us (Linux schedstat, same run; the follower process
 already folds at most every 0.5 s, `StoreSettings.fold_gather`). Request events are
 observations, not acknowledged to anyone: they reach the store at most half a second
-after they are submitted (addons/tracking.py builds them in batches too, up to another
-half second after the request), and a crash loses at most that much of them. (The
-beacon's events are different: `record_durable` commits them before the 202.) Outside an
-event loop (unit tests, the CLI) it submits at once, as `Recorder` does.
+later, and a crash loses at most that much of them. (The beacon's events are different:
+`record_durable` commits them before the 202.) Outside an event loop
+(unit tests, the CLI) it submits at once, as `Recorder` does.
 
 A batch that fails is counted and logged (rate limited) like a single event in
 `Recorder`; `record_durable` (the beacon, which answers 202 only once committed) is

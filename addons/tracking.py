@@ -1,23 +1,10 @@
 """One `request` event per flow, plus sessions, bot flags and path-goal conversions.
 
 Hooks: `response`, `error` (the last addon in the pipeline, so blocked, denied, cached and
-errored flows are all seen), `running`/`done` (the sweeper task; `done` records what is
-queued).
+errored flows are all seen), `running`/`done` (the sweeper task).
 Metadata read: REQUEST_ID, CLIENT_IP, LISTENER, ORIGINAL_HOST, ORIGINAL_PATH, ROUTE,
 BLOCKED_BY, CACHE_STATUS, USER, GROUPS, VISITOR, SESSION.
 Written: VISITOR, SESSION, REQUEST_RECORDED.
-
-Flows are queued by the hooks and their events built in batches (`drain`): every
-DRAIN_INTERVAL seconds or DRAIN_FLOWS flows, whichever comes first, and at once outside an
-event loop (tests, tools). Why: the same code run over a batch in a tight loop is much
-cheaper than run once per request between mitmproxy's own per-request work, which evicts
-it from the CPU's caches. Measured in the gateway (bench/tracking.py's page, 8 fresh
-process pairs): event-loop CPU per request over "tracking off" went from +66 to +54 us
-(median); a request event is built in ~9 us in a loop against ~21 us in the hook. The
-cost: an event reaches the store up to DRAIN_INTERVAL later (plus the recorder's own
-batching), and a crash loses at most that much more of them; request events are
-observations, never acknowledged to anyone. The queue holds at most DRAIN_FLOWS flows
-(their memory stays bounded under any load).
 
 Privacy by default: the client address is kept only as its network (/24, /48), the
 referrer without its query, the path without query parameters except allow-listed ones,
@@ -58,9 +45,6 @@ from addons.useragent import parse_user_agent
 from addons.visitor import Session, Visitors
 
 log = logging.getLogger("portico.tracking")
-
-DRAIN_INTERVAL = 0.5  # seconds a flow waits at most for its request event to be built
-DRAIN_FLOWS = 256     # ... or until this many flows are queued
 
 UTM_PARAMS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 
@@ -151,8 +135,6 @@ class Tracking:
         self._statics: dict[tuple[str, ...], _Static] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_session_sweep = 0.0
-        self._queue: list[tuple[http.HTTPFlow, float]] = []  # (flow, when its hook ran)
-        self._drain_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -164,7 +146,6 @@ class Tracking:
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        self.drain()
         self.flush_pending(force=True)
         flush = getattr(self.recorder, "flush", None)  # a BatchRecorder: hand over the last batch
         if flush is not None:
@@ -189,40 +170,19 @@ class Tracking:
     # --- hooks -----------------------------------------------------------------------------
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._enqueue(flow)
+        self._record(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._enqueue(flow)
+        self._record(flow)
 
-    def _enqueue(self, flow: http.HTTPFlow) -> None:
-        """Queue the flow for the next `drain` (once per flow: an error after the response
-        adds nothing)."""
+    def _record(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(metadata.REQUEST_RECORDED):
             return
         flow.metadata[metadata.REQUEST_RECORDED] = True
-        queue = self._queue
-        queue.append((flow, time.time()))
-        if len(queue) >= DRAIN_FLOWS:
-            self.drain()
-        elif self._drain_timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no event loop (tests, tools): nothing would fire a timer
-                self.drain()
-                return
-            self._drain_timer = loop.call_later(DRAIN_INTERVAL, self.drain)
-
-    def drain(self) -> None:
-        """Build and hand over the request events of the queued flows, in arrival order."""
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
-        queue, self._queue = self._queue, []
-        for flow, when in queue:
-            try:
-                self._record_flow(flow, when)
-            except Exception:  # noqa: BLE001 - tracking must never break a request
-                log.exception("request %s: could not build the request event", flow.metadata.get(metadata.REQUEST_ID))
+        try:
+            self._record_flow(flow)
+        except Exception:  # noqa: BLE001 - tracking must never break a request
+            log.exception("request %s: could not build the request event", flow.metadata.get(metadata.REQUEST_ID))
 
     def _static(self, key: tuple[str, ...]) -> _Static:
         """What a request event takes from its inputs alone (method, scheme, site, path,
@@ -263,8 +223,7 @@ class Tracking:
         self._statics[key] = static
         return static
 
-    def _record_flow(self, flow: http.HTTPFlow, now: float) -> None:
-        """The flow's events (`now`: when its hook ran)."""
+    def _record_flow(self, flow: http.HTTPFlow) -> None:
         s = self.settings
         req, resp, md = flow.request, flow.response, flow.metadata
         headers = scan_headers(req.headers, _REQUEST_HEADERS)
@@ -295,6 +254,7 @@ class Tracking:
         if new_session:
             state.announced = True
 
+        now = time.time()
         started = req.timestamp_start or now
         end = (resp.timestamp_end if resp is not None and resp.timestamp_end else None) or now
         upstream_ms = 0.0

@@ -434,42 +434,6 @@ def test_session_started_by_an_endpoint_is_announced_by_its_first_recorded_flow(
     assert {e.attrs["session"] for e in sink.of("request")} == {visit.session}
 
 
-def test_request_events_are_built_in_batches_on_the_event_loop(sink, tmp_path):
-    """Inside an event loop the hooks only queue the flow; its events are built DRAIN_INTERVAL
-    later, DRAIN_FLOWS at a time, in arrival order, and at `done` (nothing queued is lost).
-    A page queued before a beacon whose visit() started the session is still its entry."""
-    import asyncio
-
-    from addons import tracking as tracking_module
-
-    async def scenario() -> None:
-        tracking = _tracking(sink, tmp_path, bot_follow_timeout=0.0)
-        page = make_flow("/home", headers={"user-agent": CHROME})
-        tracking.response(page)
-        # the page's script sends a beacon at once: its endpoint visits before the page's event is built
-        beacon = make_flow("/_portico/b", method="POST", headers={"user-agent": CHROME}, status=202,
-                           content_type="application/json", body=b"{}")
-        visit = tracking.visitors.visit("www.example.org", "203.0.113.77", CHROME)
-        beacon.metadata[metadata.VISITOR], beacon.metadata[metadata.SESSION] = visit.visitor, visit.session
-        tracking.response(beacon)
-        tracking.error(beacon)  # a second hook for the same flow queues nothing more
-        assert sink.events == [] and len(tracking._queue) == 2
-        await asyncio.sleep(tracking_module.DRAIN_INTERVAL + 0.2)
-        assert [e.attrs["path"] for e in sink.of("request")] == ["/home", "/_portico/b"]
-        assert [e.attrs["entry"] for e in sink.of("session.start")] == ["/home"]
-        assert tracking._queue == [] and tracking._drain_timer is None
-
-        for i in range(tracking_module.DRAIN_FLOWS):  # a full queue is drained without waiting
-            tracking.response(make_flow(f"/p/{i}", headers={"user-agent": CHROME}))
-        assert len(sink.of("request")) == 2 + tracking_module.DRAIN_FLOWS
-        tracking.response(make_flow("/last", headers={"user-agent": CHROME}))
-        assert len(sink.of("request")) == 2 + tracking_module.DRAIN_FLOWS
-        tracking.done()  # shutdown records what is queued
-        assert sink.of("request")[-1].attrs["path"] == "/last"
-
-    asyncio.run(scenario())
-
-
 def test_path_goal_conversion_carries_campaign_once_per_session(sink, tmp_path):
     from addons.attribution import set_cookie_header
 

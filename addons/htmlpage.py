@@ -41,7 +41,7 @@ class HtmlEditor(Protocol):
         not change when
         - ASCII digits in the body are replaced by other digits (decisions see a digit only
           as "a digit", as regex classes like [a-z0-9] or [^"] do), or
-        - a run of word characters ([A-Za-z0-9_]) changes that does not follow `<`, `/` or
+        - a run of word characters ([A-Za-z0-9_]) changes that does not follow `<`, `</` or
           `-`, is not followed by `-`, and has no `<a` between it and the last `>` before it
           (so tag names, `</head`, `data-portico` and the inside of `<a>` tags are read;
           text, comments and other tags' attribute values are not);

@@ -162,14 +162,15 @@ def _changed_segments(diff: int, size: int, first: int, end: int, old: bytes) ->
 def _quiet_run(old: bytes, new: bytes, first: int, end: int) -> int:
     """Where the run of word characters around [first, end) starts, when [first, end) is word
     characters in both bodies (a token: letters, digits, `_`) and the run is one no editor
-    reads for its spelling: not after `<` (a tag name: `<a`), `/` (`</head`) or `-` and not
-    before `-` (`data-portico`); else -1. (Inside an `<a` tag, where `href` is looked for,
-    `PageTemplate.apply` asks more.)"""
+    reads for its spelling: not after `<` (a tag name: `<a`), `</` (`</head`) or `-` and not
+    before `-` (`data-portico`); else -1. (A run after a lone `/`, as in a URL's path, is
+    not a tag name. Inside an `<a` tag, where `href` is looked for, `PageTemplate.apply`
+    asks more.)"""
     if not (_WORDS.fullmatch(old, first, end) and _WORDS.fullmatch(new, first, end)):
         return -1
     start = len(old[:first].rstrip(_WORD_BYTES))
     stop = len(old) - len(old[end:].lstrip(_WORD_BYTES))
-    if old[start - 1:start] in (b"<", b"/", b"-") or old[stop:stop + 1] == b"-":
+    if old[start - 1:start] in (b"<", b"-") or old[start - 2:start] == b"</" or old[stop:stop + 1] == b"-":
         return -1
     return start
 

@@ -116,6 +116,20 @@ def test_any_other_change_runs_the_editors_and_gets_their_result(counted, tmp_pa
     assert out.raw_content == fresh(tmp_path, body).raw_content
 
 
+def test_a_token_in_a_path_is_served_from_the_template(counted, tmp_path):
+    """After a lone `/` a token is a path segment, not a tag name: an image's path outside any
+    link, and an external link's path (redone: the link is signed for its new target)."""
+    edit, parts = counted
+    page = PAGE.replace("<body>", "<body><img src=/s/AbCd/i.png>").replace("page/1", "reset/AbCd")
+    served(edit, page)
+    for token in ("ZzYy", "q1_2"):
+        page = page.replace("AbCd" if "AbCd" in page else "ZzYy", token)
+        out = served(edit, page)
+        assert [p.calls for p in parts] == [1, 1] and out.raw_content == fresh(tmp_path, page).raw_content
+    links = [m.replace("&amp;", "&") for m in re.findall(r'href="/_portico/out\?([^"]+)"', out.raw_content.decode())]
+    assert check_redirect(SECRET, links[0]) == ("https://partner1.example.net/reset/q1_2", "/p")
+
+
 @pytest.mark.parametrize("token", ["q9ZfA_x", "Countes", "AAAAAAA"])
 def test_a_token_of_letters_outside_tags_the_editors_read_is_served_from_the_template(counted, tmp_path, token):
     edit, parts = counted
@@ -377,6 +391,9 @@ TOKEN_SLOTS = [
     ("<a href=https://b.example/?q={d}>b</a>", 4), ("<a href='&#104;ttps://e.example/?k={d}'>e</a>", 4),
     ("<a href='https://www.example.org/?s={d}'>same</a>", 4), ("<a href='https://{d}.example.org/'>h</a>", 3),
     ("<a class=k href='//c.example/?v={d}' title=z>c</a>", 4),
+    # after a lone `/` (a URL's path) and after `</`
+    ("<img src=/i/{d}.png>", 4), ("<a href='https://r.example/reset/{d}'>r</a>", 4), ("<p>a/{d}</p>", 4),
+    ("<x/{d}>", 4), ("</{d} >", 4),
 ]
 SPECIAL = {1: ["a", "A", "b", "1", "_"], 3: ["www", "WWW", "abc", "7ab"],
            4: ["head", "heax", "HEAD", "body", "bod1", "data", "dxta", "href", "hrex", "HREF", "a__1", "http", "HTTP",

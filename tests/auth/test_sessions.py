@@ -61,6 +61,19 @@ def test_token_signed_with_another_key_is_rejected() -> None:
         manager(K1).verify(manager(K2).issue(ALICE, now=T0), now=T0)
 
 
+def test_inactivity_counts_from_the_instant_not_a_rounded_down_second() -> None:
+    """Tokens keep whole seconds; rounding the last-seen time down made a session issued at
+    x.95 s with a 1 s timeout expire 0.05 s later (a flaky gateway test found it)."""
+    m = manager(inactivity_timeout=1, refresh_after=0)
+    token = m.issue(ALICE, now=T0 + 0.95)
+    m.verify(token, now=T0 + 1.5)
+    with pytest.raises(SessionExpired):
+        m.verify(token, now=T0 + 2.0)
+    touched = m.touch(m.verify(token, now=T0 + 1.9), now=T0 + 1.9)
+    assert touched is not None
+    m.verify(touched, now=T0 + 2.8)
+
+
 def test_absolute_and_inactivity_expiry() -> None:
     m = manager(absolute_lifetime=7200, inactivity_timeout=600, refresh_after=60)
     token = m.issue(ALICE, now=T0)

@@ -44,7 +44,8 @@ PURPOSE = "outbound"
 # One pass over the page for `<a ... href=VALUE` where VALUE could be external: absolute or
 # protocol-relative (`scheme://`, `//`), or starting with an entity (`&#104;ttps://`, decoded
 # before the check). Local links never reach Python code.
-_HREF_VALUE = (rb"""(?:"(\s*(?:[a-z][a-z0-9+.-]*:)?//[^"]*|\s*&[^"]*)"|'(\s*(?:[a-z][a-z0-9+.-]*:)?//[^']*|\s*&[^']*)'"""
+_HREF_VALUE = (rb"""(?:"(\s*(?:[a-z][a-z0-9+.-]*:)?//[^"]*|\s*&[^"]*)"|"""
+               rb"""'(\s*(?:[a-z][a-z0-9+.-]*:)?//[^']*|\s*&[^']*)'"""
                rb"""|((?:[a-z][a-z0-9+.-]*:)?//[^\s"'=<>`]+|&[^\s"'=<>`]+))""")
 _EXTERNAL_HREF = re.compile(rb"""(<a\b[^>]*?\bhref\s*=\s*)""" + _HREF_VALUE, re.IGNORECASE)
 _EXTERNAL_VALUE = re.compile(_HREF_VALUE, re.IGNORECASE)  # one candidate's value, quotes included

@@ -30,7 +30,9 @@ Editors (`Outbound`, `Snippet`) implement `edit_html(page) -> bytes | None` on t
   running the editors. Only for pages sent without Content-Encoding, with
   an ASCII-compatible charset declared in Content-Type (a charset named in the body could
   change with a digit: iso-8859-1 / -2); a page whose template fails MEMO_GIVE_UP times in a
-  row is tried again every MEMO_RETRY-th request, like the memo.
+  row is tried again every MEMO_RETRY-th request, like the memo. A template is kept per page,
+  not per Content-Security-Policy: under a new policy (strict CSP: a nonce per response) the
+  editors that read it redo their edits (`reads_csp`, `redo_edit`) and the rest is reused.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from __future__ import annotations
 import codecs
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 
 from mitmproxy import http
@@ -169,12 +171,12 @@ class HtmlEdit:
         template_key: tuple[object, ...] | None = None
         template: PageTemplate | None = None
         if cenc in ("", "identity") and len(raw) <= MEMO_MAX_BODY and _templated_charset(ctype):
-            template_key = (editor_ids, host, path, method, ctype, tuple(csp))
+            template_key = (editor_ids, host, path, method, ctype)
             template = self._templates.get(template_key)
             if template is not None:
                 trying = _worth_trying(template.misses)
                 if trying:
-                    out = template.apply(raw, self._redo(editors, ctype, host, path, method, csp, md))
+                    out = self._from_template(template, raw, editors, ctype, host, path, method, csp, md)
                     if out is not None:
                         template.misses = 0
                         self._templates.move_to_end(template_key)
@@ -190,7 +192,7 @@ class HtmlEdit:
         if key is not None:
             self._remember(key, raw, result[0], result[1])
         if template_key is not None and result[0] is not None and result[2] is not None:
-            self._templates[template_key] = new = PageTemplate.build(raw, result[0], result[1], result[2])
+            self._templates[template_key] = new = PageTemplate.build(raw, result[0], result[1], result[2], csp)
             # like the memo: after a retry that missed, the next request tries the new template
             misses = template.misses if template is not None else 0
             new.misses = misses if misses <= MEMO_GIVE_UP else MEMO_GIVE_UP - 1
@@ -205,18 +207,30 @@ class HtmlEdit:
             self._memo.popitem(last=False)
 
     @staticmethod
-    def _redo(editors: list[HtmlEditor], ctype: str, host: str, path: str, method: str, csp: list[str],
-              md: dict[str, object]) -> Callable[[int, bytes], bytes | None]:
-        """For `PageTemplate.apply`: editor `owner`'s replacement for one of its edits whose
-        bytes changed (`HtmlEditor.edit_html`'s `redo_edit`), or None when it has none."""
+    def _from_template(template: PageTemplate, raw: bytes, editors: list[HtmlEditor], ctype: str, host: str,
+                       path: str, method: str, csp: list[str], md: dict[str, object]) -> bytes | None:
+        """`template.apply` for this response: an editor asked to redo an edit (`redo_edit`)
+        sees the page's fields; when the Content-Security-Policy differs from the one the
+        template was made under, the edits of the editors that read it (`reads_csp`) are
+        redone too, and the policy they leave becomes the template's."""
+        page = HtmlPage(b"", _declared_charset(ctype), host, path, method, str(md.get(metadata.REQUEST_ID) or ""),
+                        list(csp))
+
         def redo(owner: int, span: bytes) -> bytes | None:
             redo_edit = getattr(editors[owner], "redo_edit", None)
-            if redo_edit is None:
-                return None
-            page = HtmlPage(b"", _declared_charset(ctype), host, path, method,
-                            str(md.get(metadata.REQUEST_ID) or ""), list(csp))
-            return redo_edit(page, span)
-        return redo
+            return None if redo_edit is None else redo_edit(page, span)
+
+        policy = tuple(csp)
+        if policy == template.csp_in:
+            return template.apply(raw, redo)
+        readers = frozenset(i for i, e in enumerate(editors) if getattr(e, "reads_csp", False))
+        if not readers and template.csp is not None:
+            return None  # the policy was changed by an editor that doesn't say it reads it
+        out = template.apply(raw, redo, readers)
+        if out is not None:
+            template.csp = page.csp if page.csp_changed else None
+            template.csp_in = policy
+        return out
 
     def _editors_for(self, route: object) -> tuple[list[HtmlEditor], tuple[int, ...]]:
         """The editors configured for `route` (and their ids, for the memo key), remembered per route."""

@@ -58,4 +58,10 @@ class HtmlEditor(Protocol):
         whose edit holds it reads it. Outbound keeps it (its edits are the href values; a
         change of word characters inside one can't end or start a value, and the regex
         decides a link's start before it reaches the value); Snippet has nothing inside links.
+
+        An editor whose edits depend on the page's Content-Security-Policy (Snippet: the
+        nonce in its tag, the hash it adds to the policy) sets `reads_csp = True` and has
+        `redo_edit`: a template made under another policy asks it again for each of its
+        edits (their bytes unchanged), with the new policy in `page.csp`, and takes the
+        policy it leaves there. An editor that changes `page.csp` must say `reads_csp`.
         """

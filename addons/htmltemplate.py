@@ -57,40 +57,50 @@ class PageTemplate:
     ends: tuple[int, ...]        # their ends (in order too: edits don't overlap)
     shifts: tuple[int, ...]      # shifts[i]: how much longer the first i edits made the page
     owners: tuple[int, ...]      # the editor that made each edit (for `redo`), or NO_OWNER
+    csp_in: tuple[str, ...] = ()  # the Content-Security-Policy values the result was made under
     misses: int = 0              # apply() failures in a row (HtmlEdit stops trying after a while)
 
     @classmethod
     def build(cls, body: bytes, result: bytes, csp: list[str] | None,
-              edits: Sequence[Edit | OwnedEdit]) -> PageTemplate:
+              edits: Sequence[Edit | OwnedEdit], csp_in: Sequence[str] = ()) -> PageTemplate:
         shifts = [0]
         for start, end, length, *_ in edits:
             shifts.append(shifts[-1] + length - (end - start))
         return cls(body, result, csp, tuple(e[0] for e in edits), tuple(e[1] for e in edits), tuple(shifts),
-                   tuple(e[3] if len(e) > 3 else NO_OWNER for e in edits))
+                   tuple(e[3] if len(e) > 3 else NO_OWNER for e in edits), tuple(csp_in))
 
-    def apply(self, new: bytes, redo: Redo | None = None) -> bytes | None:
+    def apply(self, new: bytes, redo: Redo | None = None, refresh: frozenset[int] = frozenset()) -> bytes | None:
         """The editors' result for `new`, or None when the template can't tell it; on success
         `new` becomes the template's body (the next page is compared with it). `redo(owner,
         span)` asks the editor that reported an edit what it now puts in place of that
-        edit's changed bytes `span` (None: it can't tell)."""
+        edit's changed bytes `span` (None: it can't tell); the edits of the editors in
+        `refresh` are asked again even where their bytes are unchanged (what they insert
+        depends on something else that changed: the page's Content-Security-Policy)."""
         old = self.body
-        if len(new) != len(old):
-            return None
-        if new == old:
-            return self.result
-        diff = int.from_bytes(new, "big") ^ int.from_bytes(old, "big")
         size = len(new)
-        first = size - (diff.bit_length() + 7) // 8           # first byte that differs
-        end = size - ((diff & -diff).bit_length() - 1) // 8   # one past the last
+        if size != len(old):
+            return None
+        if refresh and not refresh <= set(self.owners):
+            return None  # such an editor made no edit here; under the new policy it might
+        if new == old:
+            if not refresh:
+                return self.result
+            first = end = 0
+        else:
+            diff = int.from_bytes(new, "big") ^ int.from_bytes(old, "big")
+            first = size - (diff.bit_length() + 7) // 8           # first byte that differs
+            end = size - ((diff & -diff).bit_length() - 1) // 8   # one past the last
         i = bisect_right(self.ends, first)  # edits [:i] end at or before the span
         j = bisect_left(self.starts, end, i)  # edits [i:j] are in it (or cover part of it)
-        if not self._unread(old, new, first, end, i, j):
+        if new != old and not self._unread(old, new, first, end, i, j):
             # several changes (a token in a form and in a meta tag): each must be one
             segments = _changed_segments(diff, size, first, end, old)
             if not 1 < len(segments) <= MAX_SEGMENTS or not all(
                     self._unread(old, new, a, b, bisect_right(self.ends, a), bisect_left(self.starts, b))
                     for a, b in segments):
                 return None  # something other than digits changed, where an editor may look
+        if refresh:  # every edit is looked at: the whole page is rebuilt from the pieces
+            i, j, first, end = 0, len(self.starts), 0, size
         shifts, out = self.shifts, self.result
         if i == j:  # the common case: one change, between two edits
             at = first + shifts[i]
@@ -102,7 +112,7 @@ class PageTemplate:
             for k in range(i, j):
                 start, stop = self.starts[k], self.ends[k]
                 pieces.append(new[at:start])
-                if new[start:stop] == old[start:stop]:
+                if new[start:stop] == old[start:stop] and self.owners[k] not in refresh:
                     pieces.append(out[start + shifts[k]:stop + shifts[k + 1]])
                 else:
                     again = redo(self.owners[k], new[start:stop]) if redo is not None and self.owners[k] >= 0 \

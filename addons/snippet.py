@@ -441,8 +441,35 @@ class Snippet:
 
     # --- injection -------------------------------------------------------------------------
 
+    # what it inserts depends on the page's Content-Security-Policy (a nonce, a hash): a page
+    # template made under another policy asks `redo_edit` again (see HtmlEditor.edit_html)
+    reads_csp = True
+
     def edit_html(self, page: HtmlPage) -> bytes | None:
         """The page with the snippet tag (an editor for addons/htmledit.py), or None."""
+        planned = self._planned_tag(page)
+        if planned is None:
+            return None
+        tag, plan = planned
+        at = injection_point(page.body)
+        if at is None:
+            return None
+        self._allow_in_csp(page, plan)
+        if page.edits is not None:
+            page.edits.append((at, at, len(tag)))
+        return page.body[:at] + tag + page.body[at:]
+
+    def redo_edit(self, page: HtmlPage, span: bytes) -> bytes | None:
+        """The tag for this page's policy, in place of the one `edit_html` inserted (its
+        insertion replaced no bytes: `span` is empty); None when it would inject nothing."""
+        planned = None if span else self._planned_tag(page)
+        if planned is None:
+            return None
+        self._allow_in_csp(page, planned[1])
+        return planned[0]
+
+    def _planned_tag(self, page: HtmlPage) -> tuple[bytes, CspPlan] | None:
+        """The tag to insert under the page's policy, and the plan; None when none goes in."""
         s = self.settings
         if not s.inject or page.method != "GET":
             return None
@@ -450,13 +477,9 @@ class Snippet:
         if plan.mode == "skip":
             log.info("request %s: snippet not injected into %s: %s", page.request_id, page.path, plan.reason)
             return None
-        tag = self._plain_tag if plan.mode == "plain" else script_tag(s, plan).encode("utf-8")
-        at = injection_point(page.body)
-        if at is None:
-            return None
+        return (self._plain_tag if plan.mode == "plain" else script_tag(s, plan).encode("utf-8")), plan
+
+    def _allow_in_csp(self, page: HtmlPage, plan: CspPlan) -> None:
         if plan.mode == "hash":
             page.csp = [add_hash_to_csp(v, self.script_hash) for v in page.csp]
             page.csp_changed = True
-        if page.edits is not None:
-            page.edits.append((at, at, len(tag)))
-        return page.body[:at] + tag + page.body[at:]

@@ -33,6 +33,7 @@ class Counting:
 
     def __init__(self, editor) -> None:
         self.editor, self.calls, self.redos, self.routes = editor, 0, 0, editor.routes
+        self.reads_csp = getattr(editor, "reads_csp", False)
 
     def edit_html(self, page: HtmlPage) -> bytes | None:
         self.calls += 1
@@ -192,19 +193,42 @@ def test_a_changed_link_is_signed_for_its_new_target(counted, before, after):
     assert parts[0].calls == (2 if len(before) != len(after) else 1)
 
 
-def test_templates_are_per_page_and_per_csp(counted, tmp_path):
+def test_templates_are_per_page(counted, tmp_path):
     edit, parts = counted
     served(edit, PAGE, "/a")
     out = served(edit, PAGE.replace("0001", "0002"), "/b")  # another page: its own links' signatures
     assert [p.calls for p in parts] == [2, 2] and out.raw_content == fresh(tmp_path, PAGE.replace("0001", "0002"),
                                                                             "/b").raw_content
-    csp = {"Content-Security-Policy": "script-src 'sha256-AAAA'"}
-    first = served(edit, PAGE, "/b", resp_headers=csp)
-    again = served(edit, PAGE.replace("0001", "0003"), "/b", resp_headers=csp)
-    assert [p.calls for p in parts] == [3, 3]  # the CSP is part of the key; the second was a template hit
-    assert again.headers["content-security-policy"] == first.headers["content-security-policy"] != csp[
-        "Content-Security-Policy"]
-    assert again.raw_content == fresh(tmp_path, PAGE.replace("0001", "0003"), "/b", resp_headers=csp).raw_content
+
+
+@pytest.mark.parametrize("policies", [
+    # a nonce per request
+    ["script-src 'nonce-R4nd0mA'", "script-src 'nonce-Zz9_other'", "script-src 'nonce-third+/='"],
+    ["script-src 'sha256-AAAA'", "script-src 'sha256-AAAA'; img-src *", "script-src 'sha256-BBBB'"],  # hashes added
+    ["script-src 'nonce-R4nd0mA'", "script-src 'sha256-AAAA'", "default-src 'self'"],  # the plan changes
+])
+def test_a_changed_policy_redoes_only_the_snippet(counted, tmp_path, policies):
+    """A Content-Security-Policy with a new nonce on every response (strict CSP) used to miss
+    the template every time: the snippet's tag is now redone for the new policy, and the
+    header it sets (a hash added) is the one a fresh edit sets."""
+    edit, parts = counted
+    for n, policy in enumerate(["", *policies]):
+        body = PAGE.replace("0001", f"{n:04d}")
+        headers = {"Content-Security-Policy": policy} if policy else None
+        out = served(edit, body, resp_headers=headers)
+        want = fresh(tmp_path, body, resp_headers=headers)
+        assert out.raw_content == want.raw_content
+        assert out.headers.get_all("content-security-policy") == want.headers.get_all("content-security-policy")
+    assert [p.calls for p in parts] == [1, 1] and parts[1].redos == len(policies)
+
+
+def test_a_policy_under_which_the_snippet_stays_out_runs_the_editors(counted, tmp_path):
+    edit, parts = counted
+    served(edit, PAGE)
+    for policy, calls in [("connect-src 'none'", 2), ("script-src 'nonce-abc'", 3)]:
+        out = served(edit, PAGE, resp_headers={"Content-Security-Policy": policy})
+        assert out.raw_content == fresh(tmp_path, PAGE, resp_headers={"Content-Security-Policy": policy}).raw_content
+        assert [p.calls for p in parts] == [calls, calls]  # the second: the snippet had no edit to redo
 
 
 @pytest.mark.parametrize("kind", ["gzip", "no declared charset", "utf-16"])
@@ -302,7 +326,7 @@ def test_apply_redoes_a_changed_edit_with_its_editor_and_keeps_the_lengths_right
     """An edit whose bytes changed is asked of its editor alone (`redo`); a new length moves
     the edits after it, for this page and the next."""
     body = b"<a href='//x?t=AB'>k 1 <a href='//x?t=CD'>n 5."
-    quoted = [(body.index(b"'//x?t=AB'"), body.index(b"'//x?t=AB'") + 10), (body.index(b"'//x?t=CD'"), body.index(b"'//x?t=CD'") + 10)]
+    quoted = [(body.index(v), body.index(v) + 10) for v in (b"'//x?t=AB'", b"'//x?t=CD'")]
 
     def redo(owner: int, span: bytes) -> bytes | None:
         asked.append((owner, span))
@@ -311,7 +335,7 @@ def test_apply_redoes_a_changed_edit_with_its_editor_and_keeps_the_lengths_right
     result = body
     for start, end in reversed(quoted):
         result = result[:start] + b"<" + body[start + 1:end - 1].lower() + b">" + result[end:]
-    t = PageTemplate.build(body, result, None, [(quoted[0][0], quoted[0][1], 10, 3), (quoted[1][0], quoted[1][1], 10, 3)])
+    t = PageTemplate.build(body, result, None, [(*quoted[0], 10, 3), (*quoted[1], 10, 3)])
     asked: list[tuple[int, bytes]] = []
     assert t.apply(body.replace(b"AB", b"XY"), redo) == result.replace(b"ab", b"xy")
     assert asked == [(3, b"'//x?t=XY'")]
@@ -322,7 +346,7 @@ def test_apply_redoes_a_changed_edit_with_its_editor_and_keeps_the_lengths_right
     assert t.apply(body.replace(b"AB", b"XY").replace(b"CD", b"LM").replace(b"k 1", b"k 2"), redo) == result.replace(
         b"ab", b"xy").replace(b"<//x?t=cd>", b"<//x?t=lm//x?t=lm>").replace(b"k 1", b"k 2")
     assert t.apply(body.replace(b"AB", b"QQ").replace(b"CD", b"LM"), redo) is None  # the editor can't tell
-    no_owner = PageTemplate.build(body, result, None, [(quoted[0][0], quoted[0][1], 10), (quoted[1][0], quoted[1][1], 10)])
+    no_owner = PageTemplate.build(body, result, None, [(*quoted[0], 10), (*quoted[1], 10)])
     assert no_owner.apply(body.replace(b"AB", b"XY"), redo) is None
     assert PageTemplate.build(body, result, None, [(*quoted[0], 10, 3), (*quoted[1], 10, 3)]).apply(
         body.replace(b"AB", b"XY")) is None  # no redo given
@@ -422,4 +446,12 @@ def test_one_token_at_a_time_equals_a_fresh_edit(tmp_path, data, slots, head):
         i = data.draw(st.integers(0, len(slots) - 1))
         values[i] = data.draw(slot_token(slots[i][1]))
         body = page()
-        assert served(edit, body).raw_content == fresh(tmp_path, body).raw_content
+        policy = data.draw(POLICIES)  # and a Content-Security-Policy that may change as well
+        headers = {"Content-Security-Policy": policy.format(n=data.draw(st.integers(0, 99)))} if policy else None
+        out, want = served(edit, body, resp_headers=headers), fresh(tmp_path, body, resp_headers=headers)
+        assert out.raw_content == want.raw_content
+        assert out.headers.get_all("content-security-policy") == want.headers.get_all("content-security-policy")
+
+
+POLICIES = st.sampled_from(["", "script-src 'nonce-n{n}'", "script-src 'sha256-AAAA'", "default-src 'self'",
+                            "connect-src 'none'", "script-src 'nonce-n{n}'; connect-src 'self'"])

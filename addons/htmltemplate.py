@@ -22,8 +22,10 @@ promise in `HtmlEditor.edit_html`) and copy everything else as it is: their resu
 is E with the text between edits taken from N, and any edit whose own bytes changed (a
 link whose digits or token changed) replaced by what its editor's `redo_edit` says for
 the new bytes (one link signed, not the page searched). About 4 us for 2 KB when the span
-lies between two edits. Anything else (another length, a tag name, an editor that can't
-redo its edit) returns None and the editors run as before.
+lies between two edits. A body of another length is served when it differs in one run
+between two edits: digits for digits ("9" -> "10") or a quiet run of word characters
+(`_resized`); the edits after it move. Anything else (a tag name, a change of length inside
+an edit, an editor that can't redo its edit) returns None and the editors run as before.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class PageTemplate:
         old = self.body
         size = len(new)
         if size != len(old):
-            return None
+            return None if refresh else self._resized(new)
         if refresh and not refresh <= set(self.owners):
             return None  # such an editor made no edit here; under the new policy it might
         if new == old:
@@ -130,6 +132,39 @@ class PageTemplate:
         self.body, self.result = new, result
         return result
 
+    def _resized(self, new: bytes) -> bytes | None:
+        """`apply` for a body of another length: one changed run of digits, or one quiet run
+        of word characters, between two edits (a counter that grew a digit, "9 minutes ago"
+        -> "10 minutes ago", a token of another length); the edits after it move."""
+        old = self.body
+        m = min(len(old), len(new))
+        if not m:
+            return None
+        x = int.from_bytes(old[:m], "big") ^ int.from_bytes(new[:m], "big")
+        first = m - (x.bit_length() + 7) // 8                 # bytes the two have in common first
+        y = int.from_bytes(old[-m:], "big") ^ int.from_bytes(new[-m:], "big")
+        tail = min(((y & -y).bit_length() - 1) // 8 if y else m, m - first)  # ... and last
+        old_end, new_end = len(old) - tail, len(new) - tail
+        if first == old_end or first == new_end:  # only added or taken away ("17" -> "170"):
+            if not first:
+                return None
+            first -= 1                            # the byte before joins both ("7" -> "70")
+        i = bisect_right(self.ends, first)
+        if i != bisect_left(self.starts, old_end, i):
+            return None  # an edit is in it
+        was, now = old[first:old_end], new[first:new_end]
+        if not (was.isdigit() and now.isdigit()):  # a longer or shorter number stays a number
+            run = _quiet_run(old, old, first, old_end, new[first:new_end])
+            if run < 0 or _A_TAG.search(old, old.rfind(b">", 0, run) + 1, run) is not None:
+                return None
+        at = first + self.shifts[i]
+        result = b"".join((self.result[:at], now, self.result[at + old_end - first:]))
+        delta = len(new) - len(old)
+        self.starts = (*self.starts[:i], *(s + delta for s in self.starts[i:]))
+        self.ends = (*self.ends[:i], *(e + delta for e in self.ends[i:]))
+        self.body, self.result = new, result
+        return result
+
     def _unread(self, old: bytes, new: bytes, first: int, end: int, i: int, j: int) -> bool:
         """Whether the change of [first, end) (edits [i:j] in or around it) is one the editors
         don't read, except the editor whose edit holds it, which can redo that edit: digits
@@ -169,14 +204,15 @@ def _changed_segments(diff: int, size: int, first: int, end: int, old: bytes) ->
     return segments
 
 
-def _quiet_run(old: bytes, new: bytes, first: int, end: int) -> int:
+def _quiet_run(old: bytes, new: bytes, first: int, end: int, replaced: bytes | None = None) -> int:
     """Where the run of word characters around [first, end) starts, when [first, end) is word
     characters in both bodies (a token: letters, digits, `_`) and the run is one no editor
     reads for its spelling: not after `<` (a tag name: `<a`), `</` (`</head`) or `-` and not
     before `-` (`data-portico`); else -1. (A run after a lone `/`, as in a URL's path, is
     not a tag name. Inside an `<a` tag, where `href` is looked for, `PageTemplate.apply`
-    asks more.)"""
-    if not (_WORDS.fullmatch(old, first, end) and _WORDS.fullmatch(new, first, end)):
+    asks more.) With `replaced`, the new body has those bytes in place of [first, end)."""
+    if not (_WORDS.fullmatch(old, first, end) and (_WORDS.fullmatch(new, first, end) if replaced is None
+                                                   else _WORDS.fullmatch(replaced))):
         return -1
     start = len(old[:first].rstrip(_WORD_BYTES))
     stop = len(old) - len(old[end:].lstrip(_WORD_BYTES))

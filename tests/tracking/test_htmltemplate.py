@@ -102,7 +102,9 @@ def test_a_change_inside_a_link_is_redone_by_its_editor_alone(counted, tmp_path,
 
 @pytest.mark.parametrize("change", [
     ("'https://partner1", "'7ttps://partner1"),  # inside a link, but no link value any more: Outbound can't tell
-    ("Seen 17", "Seen 170"),                                          # another length
+    ("page/1'", "page/10'"),                                          # another length inside a link
+    ("<p>Seen", "<pre>Seen"),                                         # ... a tag name
+    ("</head>", "</header>"),                                         # ... an end tag
     ("</head>", "</heax>"),               # letters an editor reads: the snippet goes before </body> now
     ("<p>Seen", "<a>Seen"),                                           # a tag name
     ("<a href=/local/2>", "<a hreX=/local/2>"),                       # inside an <a> tag
@@ -141,6 +143,25 @@ def test_a_token_of_letters_outside_tags_the_editors_read_is_served_from_the_tem
         out = served(edit, page)
         assert [p.calls for p in parts] == [1, 1]
         assert out.raw_content == fresh(tmp_path, page).raw_content
+
+
+@pytest.mark.parametrize("change", [
+    ("Seen 17", "Seen 170"), ("Seen 17", "Seen 9"), ("12:00:01", "9:00:01"),  # numbers that grew or shrank
+    ("Seen 17 times", "Seen many times"), ("Counter", "Count"),                # a word of another length
+    ("csrf value=abc", "csrf value=abcdef0123"),                            # a token of another length
+])
+def test_a_change_of_length_between_edits_is_served_from_the_template(counted, tmp_path, change):
+    """The edits after the change move with it (the links' and the snippet's)."""
+    edit, parts = counted
+    page = PAGE.replace("<body>", "<body><input name=csrf value=abc>")
+    served(edit, page)
+    body = page.replace(*change)
+    out = served(edit, body)
+    assert [p.calls for p in parts] == [1, 1]
+    assert out.raw_content == fresh(tmp_path, body).raw_content
+    again = body.replace("0001", "0002")  # the next one is compared with the moved template
+    assert served(edit, again).raw_content == fresh(tmp_path, again).raw_content
+    assert [p.calls for p in parts] == [1, 1]
 
 
 def test_a_token_in_several_places_is_served_from_the_template(counted, tmp_path):
@@ -295,7 +316,7 @@ def test_apply_copies_the_changed_span_next_to_edits_but_never_into_them():
     assert t.apply(b"ab99cd35ef") == b"ab99XYZ35!ef"   # the span ends where the insertion is: fine
     assert t.apply(b"ab99cd35e#") is None                  # not a word character
     assert t.apply(b"ab99cd35eg") == b"ab99XYZ35!eg"      # a token's letter
-    assert t.apply(b"ab99cd35e") is None                   # a length
+    assert t.apply(b"ab99cd35e") == b"ab99XYZ35!e"        # a shorter token, after the insertion
     t2 = PageTemplate.build(body, result, None, edits)
     assert t2.apply(b"ab12cd35ef") == b"ab12XYZ35!ef"
     assert t2.apply(b"ab13cd36ef") == b"ab13XYZ36!ef"      # changes on both sides of an edit
@@ -303,6 +324,12 @@ def test_apply_copies_the_changed_span_next_to_edits_but_never_into_them():
     assert t3.apply(b"x3y2z") is None                      # ... which changed: the editors must run
     assert t3.apply(b"x1y5z") == b"xABy5z"
     assert t3.apply(b"x3y7z") is None
+    assert t3.apply(b"x11y5z") is None                     # ... grew: the editors must run
+    assert t3.apply(b"x1y55z") == b"xABy55z"               # a number after it grew: the edit stays
+    assert t3.apply(b"x1y5z") == b"xABy5z" and t3.starts == (1,) and t3.ends == (2,)
+    t4 = PageTemplate.build(b"a1b2c", b"a1bX2c", None, [(3, 3, 1)])  # an insertion before the 2
+    assert t4.apply(b"a123b2c") == b"a123bX2c" and t4.starts == t4.ends == (5,)  # it moved
+    assert t4.apply(b"a123b2c7") == b"a123bX2c7"            # a letter added at the end
 
 
 def test_check_edits_refuses_a_report_that_does_not_match():
@@ -376,7 +403,9 @@ FRAGMENTS = st.sampled_from([
 # also characters that are not word characters
 VALUES = st.one_of(st.text("0123456789", min_size=3, max_size=3),
                    st.text("0123456789adefhrAHRbtopciy_", min_size=3, max_size=3),
-                   st.text("0123456789adefhrAHRbtopciy_-</>\"' =:&", min_size=3, max_size=3))
+                   st.text("0123456789adefhrAHRbtopciy_-</>\"' =:&", min_size=3, max_size=3),
+                   st.text("0123456789", min_size=1, max_size=5),                     # other lengths
+                   st.text("0123456789adefhrAHRbtopciy_", min_size=0, max_size=5))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -425,8 +454,11 @@ SPECIAL = {1: ["a", "A", "b", "1", "_"], 3: ["www", "WWW", "abc", "7ab"],
 
 
 def slot_token(length: int) -> st.SearchStrategy[str]:
+    """A token of the slot's length, or of another one (templates move the edits after it)."""
     return st.one_of(st.sampled_from(SPECIAL[length]), st.text("0123456789adefhrAHRbtopciy_", min_size=length,
-                                                                 max_size=length))
+                                                                 max_size=length),
+                     st.text("0123456789adefhrAHRbtopciy_", min_size=1, max_size=length + 3),
+                     st.text("0123456789", min_size=1, max_size=length + 3))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -114,9 +114,10 @@ class HtmlEdit:
         self.max_bytes = max_bytes
         # key -> (the body as sent, new body or None, new CSP values or None)
         self._memo: OrderedDict[tuple[object, ...], tuple[bytes, bytes | None, list[str] | None]] = OrderedDict()
-        self._by_route: dict[object, tuple[list[HtmlEditor], tuple[int, ...]]] = {}
+        # route -> (its editors, their ids, the indexes of those that read the CSP)
+        self._by_route: dict[object, tuple[list[HtmlEditor], tuple[int, ...], frozenset[int]]] = {}
         self._misses: dict[tuple[str, str], int] = {}  # (host, path) -> memo misses in a row
-        # (editors, host, path, method, Content-Type, CSP) -> the page's template
+        # (editors, host, path, method, Content-Type) -> the page's template
         self._templates: OrderedDict[tuple[object, ...], PageTemplate] = OrderedDict()
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -129,7 +130,7 @@ class HtmlEdit:
         chosen = self._by_route.get(route)
         if chosen is None:
             chosen = self._editors_for(route)
-        editors, editor_ids = chosen
+        editors, editor_ids, csp_readers = chosen
         raw = resp.raw_content
         if not editors or raw is None or len(raw) > self.max_bytes:
             return
@@ -176,7 +177,8 @@ class HtmlEdit:
             if template is not None:
                 trying = _worth_trying(template.misses)
                 if trying:
-                    out = self._from_template(template, raw, editors, ctype, host, path, method, csp, md)
+                    out = self._from_template(template, raw, editors, csp_readers, ctype, host, path, method,
+                                              csp, md)
                     if out is not None:
                         template.misses = 0
                         self._templates.move_to_end(template_key)
@@ -207,35 +209,41 @@ class HtmlEdit:
             self._memo.popitem(last=False)
 
     @staticmethod
-    def _from_template(template: PageTemplate, raw: bytes, editors: list[HtmlEditor], ctype: str, host: str,
-                       path: str, method: str, csp: list[str], md: dict[str, object]) -> bytes | None:
+    def _from_template(template: PageTemplate, raw: bytes, editors: list[HtmlEditor], csp_readers: frozenset[int],
+                       ctype: str, host: str, path: str, method: str, csp: list[str],
+                       md: dict[str, object]) -> bytes | None:
         """`template.apply` for this response: an editor asked to redo an edit (`redo_edit`)
         sees the page's fields; when the Content-Security-Policy differs from the one the
-        template was made under, the edits of the editors that read it (`reads_csp`) are
+        template was made under, the edits of the editors that read it (`csp_readers`) are
         redone too, and the policy they leave becomes the template's."""
-        page = HtmlPage(b"", _declared_charset(ctype), host, path, method, str(md.get(metadata.REQUEST_ID) or ""),
-                        list(csp))
+        pages: list[HtmlPage] = []  # made at the first redo: most template hits redo nothing
 
         def redo(owner: int, span: bytes) -> bytes | None:
             redo_edit = getattr(editors[owner], "redo_edit", None)
-            return None if redo_edit is None else redo_edit(page, span)
+            if redo_edit is None:
+                return None
+            if not pages:
+                pages.append(HtmlPage(b"", _declared_charset(ctype), host, path, method,
+                                      str(md.get(metadata.REQUEST_ID) or ""), list(csp)))
+            return redo_edit(pages[0], span)
 
         policy = tuple(csp)
         if policy == template.csp_in:
             return template.apply(raw, redo)
-        readers = frozenset(i for i, e in enumerate(editors) if getattr(e, "reads_csp", False))
-        if not readers and template.csp is not None:
+        if not csp_readers and template.csp is not None:
             return None  # the policy was changed by an editor that doesn't say it reads it
-        out = template.apply(raw, redo, readers)
+        out = template.apply(raw, redo, csp_readers)
         if out is not None:
-            template.csp = page.csp if page.csp_changed else None
+            template.csp = pages[0].csp if pages and pages[0].csp_changed else None
             template.csp_in = policy
         return out
 
-    def _editors_for(self, route: object) -> tuple[list[HtmlEditor], tuple[int, ...]]:
-        """The editors configured for `route` (and their ids, for the memo key), remembered per route."""
+    def _editors_for(self, route: object) -> tuple[list[HtmlEditor], tuple[int, ...], frozenset[int]]:
+        """The editors configured for `route`, their ids (for the memo key) and the indexes of
+        those that read the CSP (`reads_csp`, for templates), remembered per route."""
         editors = [e for e in self.editors if "*" in e.routes or route in e.routes]
-        chosen = self._by_route[route] = (editors, tuple(id(e) for e in editors))
+        chosen = self._by_route[route] = (editors, tuple(id(e) for e in editors),
+                                          frozenset(i for i, e in enumerate(editors) if getattr(e, "reads_csp", False)))
         if len(self._by_route) > 1024:  # routes are few; never grow without bound
             self._by_route.clear()
         return chosen

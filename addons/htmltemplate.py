@@ -122,7 +122,7 @@ class PageTemplate:
                     if again is None:
                         return None
                     pieces.append(again)
-                    if len(again) != stop - start + shifts[k + 1] - shifts[k]:
+                    if len(again) != self._output_length(k):
                         redone[k] = len(again)  # a new length: the shifts after it move
                 at = stop
             pieces += (new[at:end], out[max(at, end) + shifts[j]:])  # an edit may end past the span
@@ -154,8 +154,8 @@ class PageTemplate:
             return None  # an edit is in it
         was, now = old[first:old_end], new[first:new_end]
         if not (was.isdigit() and now.isdigit()):  # a longer or shorter number stays a number
-            run = _quiet_run(old, old, first, old_end, new[first:new_end])
-            if run < 0 or _A_TAG.search(old, old.rfind(b">", 0, run) + 1, run) is not None:
+            run = _quiet_run(old, old, first, old_end, now)
+            if run < 0 or _in_a_tag(old, run):
                 return None
         at = first + self.shifts[i]
         result = b"".join((self.result[:at], now, self.result[at + old_end - first:]))
@@ -175,7 +175,7 @@ class PageTemplate:
         run = _quiet_run(old, new, first, end)
         if run < 0:
             return False
-        if _A_TAG.search(old, old.rfind(b">", 0, run) + 1, run) is None:
+        if not _in_a_tag(old, run):
             return True
         return j == i + 1 and self.starts[i] <= first and end <= self.ends[i]
 
@@ -183,9 +183,12 @@ class PageTemplate:
         """New output lengths for some edits (redone): the shifts after them move."""
         shifts = [0]
         for k, (start, stop) in enumerate(zip(self.starts, self.ends)):
-            length = lengths.get(k, self.shifts[k + 1] - self.shifts[k] + stop - start)
-            shifts.append(shifts[-1] + length - (stop - start))
+            shifts.append(shifts[-1] + lengths.get(k, self._output_length(k)) - (stop - start))
         self.shifts = tuple(shifts)
+
+    def _output_length(self, k: int) -> int:
+        """How many bytes edit k puts in place of its [start, end)."""
+        return self.ends[k] - self.starts[k] + self.shifts[k + 1] - self.shifts[k]
 
 
 def _changed_segments(diff: int, size: int, first: int, end: int, old: bytes) -> list[tuple[int, int]]:
@@ -202,6 +205,11 @@ def _changed_segments(diff: int, size: int, first: int, end: int, old: bytes) ->
             if len(segments) > MAX_SEGMENTS:
                 break
     return segments
+
+
+def _in_a_tag(body: bytes, at: int) -> bool:
+    """Whether `at` is inside an `<a` tag (where Outbound looks for `href`): an `<a` since the last `>`."""
+    return _A_TAG.search(body, body.rfind(b">", 0, at) + 1, at) is not None
 
 
 def _quiet_run(old: bytes, new: bytes, first: int, end: int, replaced: bytes | None = None) -> int:

@@ -124,8 +124,7 @@ def rewrite_links_bytes(data: bytes, charset: str, secret: bytes, prefix: str, p
     replacements: list[bytes] = []
     for i in range(1, len(pieces), 5):
         head, double, single, bare = pieces[i:i + 4]
-        raw = double if double is not None else single if single is not None else bare
-        assert raw is not None
+        raw = _value(double, single, bare)
         done = _signed_remembered(raw, charset, secret, prefix, page_host, from_path, internal_hosts, signed)
         if not done:  # not external after all: the link exactly as it was
             quote_mark = b'"' if double is not None else b"'" if single is not None else b""
@@ -151,11 +150,17 @@ def _link_edits(pieces: list[bytes | None], replacements: list[bytes]) -> list[t
     for i, new in zip(range(0, len(pieces) - 1, 5), replacements):
         head, double, single, bare = pieces[i + 1:i + 5]
         at += len(pieces[i]) + len(head)  # type: ignore[arg-type]  # text pieces and heads are never None
-        value = double if double is not None else single if single is not None else bare
-        end = at + len(value) + (0 if bare is not None else 2)  # type: ignore[arg-type]
+        end = at + len(_value(double, single, bare)) + (0 if bare is not None else 2)
         out.append((at, end, len(new) - len(head)))  # type: ignore[arg-type]
         at = end
     return out
+
+
+def _value(double: bytes | None, single: bytes | None, bare: bytes | None) -> bytes:
+    """The href value a match found: in double quotes, single quotes or none (one group is set)."""
+    value = double if double is not None else single if single is not None else bare
+    assert value is not None
+    return value
 
 
 def _splice(pieces: list[bytes | None], replacements: list[bytes]) -> bytes:
@@ -246,9 +251,7 @@ class Outbound:
         m = _EXTERNAL_VALUE.fullmatch(span)
         if m is None:
             return None
-        double, single, bare = m.groups()
-        raw = double if double is not None else single if single is not None else bare
-        assert raw is not None
+        raw = _value(*m.groups())
         s = self.settings
         done = _signed_remembered(raw, page.charset, s.secret, s.reserved_prefix, page.host, page.path,
                                   s.internal_hosts, self._signed)

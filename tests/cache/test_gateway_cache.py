@@ -8,6 +8,7 @@ of sleeping; tests that need their own settings start their own gateway.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 
 import pytest
@@ -207,24 +208,26 @@ def test_client_conditional_answered_304_from_store(shared):
 def test_stale_while_revalidate_refreshes_exactly_once(shared):
     path = fresh_path("swr")
     version = {"n": 0}
+    six_answered = threading.Event()  # the refresh waits for it: no request can see v2 early, however slow
 
     def reply(seen):
         version["n"] += 1
+        if version["n"] > 1:
+            six_answered.wait(10)
         return 200, {"Cache-Control": "max-age=10, stale-while-revalidate=60"}, f"v{version['n']}".encode()
     shared.upstream.script[path] = reply
     shared.get(path)
     shared.clock.advance(15)
-    shared.upstream.delay = 0.5
     try:
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             results = list(pool.map(lambda _: shared.get(path), range(6)))
+        six_answered.set()
         assert all(r[2] == b"v1" and "stale-while-revalidate" in r[1]["cache-status"] for r in results)
-        deadline = time.time() + 5
-        while version["n"] < 2 and time.time() < deadline:
+        deadline = time.time() + 10  # the refresh is stored after its reply: poll (stale answers meanwhile)
+        while shared.get(path)[2] != b"v2" and time.time() < deadline:
             time.sleep(0.05)
-        time.sleep(0.6)
     finally:
-        shared.upstream.delay = 0
+        six_answered.set()
         shared.clock.advance(-15)
     assert shared.upstream.count(path) == 2  # one miss + exactly one background refresh
     shared.clock.advance(15)

@@ -3,6 +3,7 @@ test CA), a real upstream that echoes the headers it received."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import json
@@ -352,12 +353,12 @@ def test_repeated_failures_ban_the_user_even_with_the_right_password(gw):
 
 def test_session_expires_after_inactivity(slapd, upstream, tmp_path):
     config = ldap_config(slapd, tmp_path, upstream,
-                         session="session: {inactivity_timeout: 1s, refresh_after: 0s, absolute_lifetime: 1h}")
-    with GatewayThread(config) as gateway:
+                         session="session: {inactivity_timeout: 3s, refresh_after: 0s, absolute_lifetime: 1h}")
+    with GatewayThread(config) as gateway:  # 3 s: a slow login on a loaded machine must not expire it
         _, headers, _ = login(gateway, "alice", "alice-pw")
         cookie = session_cookie(headers)
         assert echoed(gateway, "/members/", headers={"Cookie": cookie})["headers"]["remote-user"] == "alice"
-        time.sleep(2.1)
+        time.sleep(4.1)  # last seen is kept in whole seconds, rounded up: expired at most 4 s after
         status, headers, _ = request(gateway.url, "/members/", headers=HTML | {"Cookie": cookie})
         assert status == 302 and headers["location"].startswith("/_portico/login")
         assert "Max-Age=0" in headers["set-cookie"]
@@ -471,7 +472,9 @@ def test_login_and_account_events_reach_the_store(upstream, tmp_path):
     check_interval: 1s
 """).replace("telemetry: {enabled: false, ", "telemetry: {sync: false, ").replace(
             "    response_timeout: 2\n", "    response_timeout: 2\n    auth_cache_ttl: 0\n    group_cache_ttl: 0.01\n")
-        with GatewayThread(config) as gateway:
+        # no periodic check while alice is promoted: it could see her between the two group
+        # changes (in neither group: left then joined); the restart below runs it every second
+        with GatewayThread(config.replace("check_interval: 1s", "check_interval: 1h")) as gateway:
             assert login(gateway, "alice", "alice-pw")[0] == 303
             assert login(gateway, "alice", "wrong")[0] == 401
             assert login(gateway, "dave", "dave-pw")[0] == 303
@@ -500,9 +503,12 @@ def test_login_and_account_events_reach_the_store(upstream, tmp_path):
                     for e in changed] == [("alice", "acme", "member", "admin")]
             assert len(stored_events(gateway, "user.joined")) == 3  # not joined again
 
-            # dave disappears from the directory: the periodic check reports it
+            # dave disappears from the directory: the directory check reports it
             with own.admin() as c:
                 c.delete(user_dn("dave"))
+            auth_addon = gateway.gateway.master.addons.get("auth")
+            gone = asyncio.run_coroutine_threadsafe(auth_addon.check_directory(), gateway.loop).result(30)
+            assert gone == ["dave"]
             left = wait_for_events(gateway, "user.left", 1)
             assert [(e.attrs["user"], e.attrs["org"], e.attrs["reason"]) for e in left] == [
                 ("dave", "globex", "directory")]
@@ -511,6 +517,12 @@ def test_login_and_account_events_reach_the_store(upstream, tmp_path):
             assert login(gateway, "alice", "alice-pw")[0] == 303
             joined = [e.attrs["user"] for e in stored_events(gateway, "user.joined")]
             assert joined.count("alice") == 1
+            # bob disappears: the periodic check (every second here) reports it on its own
+            with own.admin() as c:
+                c.delete(user_dn("bob"))
+            left = wait_for_events(gateway, "user.left", 2)
+            assert sorted((e.attrs["user"], e.attrs["org"], e.attrs["reason"]) for e in left) == [
+                ("bob", "acme", "directory"), ("dave", "globex", "directory")]
     finally:
         own.stop()
 

@@ -75,6 +75,7 @@ def events(store: Any, *types: str, wait_for: int = 0, timeout: float = 10.0,
                                            types=tuple(types), limit=1000))
         found = [e for e in page.events if where is None or where(e)]
         if len(found) >= wait_for or time.monotonic() > deadline:
+            store.flush(timeout=5)  # a batch listed just now is folded too: queries see all of them
             return found
         time.sleep(0.05)
 

@@ -194,7 +194,7 @@ def prepare(port: int, data_dir: str | Path, grpc_port: int = 50051) -> tuple[Po
     return config, module
 
 
-BATCH_WAIT = 3.0   # seconds at most for the tracking batch (BatchRecorder: 0.1 s) to reach the store
+BATCH_WAIT = 10.0  # seconds at most for the tracking batch (BatchRecorder: 0.5 s) to reach the store
 
 
 def warm_up(gateway_url: str, out: TextIO, store: Any = None) -> None:

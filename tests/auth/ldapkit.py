@@ -16,7 +16,7 @@ def settings(urls: list[str] | str, env: str, **kw: object) -> LdapSettings:
     if isinstance(urls, str):
         urls = [urls]
     base = dict(urls=tuple(urls), base_dn=SUFFIX, bind_dn=SERVICE_DN, password_env=env,
-                connect_timeout=2.0, response_timeout=1.0)
+                connect_timeout=2.0, response_timeout=5.0)  # generous: a loaded CI machine is slow
     base.update(kw)
     return LdapSettings(**base)  # type: ignore[arg-type]
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -90,10 +88,8 @@ def test_nxdomain_and_ip_literals(unbound):
     assert (res.how, res.addresses) == ("static", ("10.1.2.3",))
 
 
-def test_second_resolver_answers_when_the_first_fails(unbound):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+def test_second_resolver_answers_when_the_first_fails(unbound, refused_port):
+    dead = refused_port
     (res,) = lookup(ResolverSettings((spec(unbound, port=dead), spec(unbound, "doh"))), "upstream.test")
     assert res.how == "doh"
 

@@ -9,12 +9,8 @@ from tests.tracking.gateway import events, gateway_config, requires_store
 pytestmark = requires_store
 
 
-def test_upstream_down_is_recorded(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+def test_upstream_down_is_recorded(tmp_path, refused_port):
+    dead = refused_port
     with GatewayThread(gateway_config(f"http://127.0.0.1:{dead}", str(tmp_path / "ev"))) as gw:
         assert request(gw.url, "/x", headers={"User-Agent": "curl/8"})[0] == 502
         reqs = events(gw.gateway.store, "request", wait_for=1)

@@ -63,10 +63,25 @@ class Unbound:
         self.dir = directory
         self.ca_file, self.cert_file, self.key_file = make_ca_and_cert(directory / "pki")
         self.spki_pin = spki_pin(self.cert_file)
-        self.dot_port, self.doh_port = _free_port(), _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        for attempt in range(3):  # a port picked free can be taken before unbound binds it: pick again
+            self._configure(records)
+            try:
+                self.start()
+                return
+            except RuntimeError as e:
+                if attempt == 2 or "exited with" not in str(e):
+                    raise
+
+    def _configure(self, records: Sequence[str]) -> None:
+        """Write unbound.conf for two new free ports (a port taken meanwhile: see __init__)."""
+        self.dot_port = _free_port()
+        self.doh_port = _free_port()
+        while self.doh_port == self.dot_port:
+            self.doh_port = _free_port()
         lines = [
             "server:",
-            f'  directory: "{directory}"',
+            f'  directory: "{self.dir}"',
             '  chroot: ""',
             '  username: ""',
             '  pidfile: ""',
@@ -88,10 +103,8 @@ class Unbound:
             "remote-control:",
             "  control-enable: no",
         ]
-        self.conf = directory / "unbound.conf"
+        self.conf = self.dir / "unbound.conf"
         self.conf.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
 
     def start(self) -> None:
         """Start (or restart) unbound and wait until DoT answers a TLS handshake."""

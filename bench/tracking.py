@@ -24,9 +24,8 @@ Four pages, all the same HTML but for what changes per request:
 - `/unique`: a counter in a comment (digits; the editor's page template serves it);
 - `/token`: a 32-character CSRF token in a hidden input, new every request (letters and
   digits in an attribute value, where no editor looks: the template serves it too);
-- `/rewrite`: the same token also in an absolute link (a per-request token inside a link
-  the gateway rewrites defeats the template: the page is really searched, rewritten and
-  injected every time; the worst case).
+- `/rewrite`: the same token also in an absolute link the gateway rewrites (the template
+  still serves the page, but that link is signed anew on every request; the worst case).
 Then POSTs beacon batches (10 events each) with wrk and reports events/s answered 202
 (durable). Measured with `wrk` (Debian package).
 

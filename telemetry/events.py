@@ -412,6 +412,80 @@ _json_encode = msgspec.json.Encoder().encode   # thread-safe; 0.45 us for 14 att
 type_of = type  # `make_event` shadows the builtin with its argument name
 
 
+class AttrBase(msgspec.Struct, frozen=True, gc=False):
+    """Attributes validated and encoded once, then shared by many events (`make_event_on`).
+
+    Why: a gateway's request events repeat most of their attributes (method, host, path,
+    browser, network, referrer...) for every request to the same page from the same
+    client. Validating and encoding those again per event was most of the cost of
+    recording one (4.7 us against 1.3 us for only the attributes that change).
+    """
+
+    attrs: dict[str, Any]
+    packed: bytes
+
+
+def attr_base(attrs: Mapping[str, Any]) -> AttrBase:
+    """Validate and encode `attrs` as `make_event` would, for `make_event_on`.
+
+    Raises:
+        EventError: as make_event does for bad attributes.
+    """
+    ev = make_event("base", attrs, time_us=0)
+    return AttrBase(dict(ev.attrs), ev.packed_attrs or b"{}")
+
+
+def make_event_on(base: AttrBase, type: str, attrs: dict[str, Any], *,  # noqa: A002 - API name
+                  time_us: int, id: str | None = None, checked: bool = False) -> Event:  # noqa: A002
+    """`make_event(type, {**base.attrs, **attrs}, ...)`, validating and encoding only `attrs`.
+
+    The result is the same event, byte for byte, as make_event would make from the merged
+    attributes. When a name is in both, `attrs` wins: that case (rare by design) and any
+    event over the size limits take make_event on the merged attributes.
+
+    `checked=True` is for callers that built `attrs` themselves from values of the event
+    model's types (str, bool, int64, finite float, lists of those) under valid names, as a
+    gateway does with its own measurements: then only the size is checked here (at most
+    MAX_STRING_LEN bytes encoded, so no string can be longer), not each value's type
+    (which costs more than encoding them). A type or time make_event would refuse still
+    takes the checked path.
+
+    Raises:
+        EventError: as make_event does.
+    """
+    base_attrs = base.attrs
+    if not checked or not base_attrs or len(base_attrs) + len(attrs) > MAX_ATTRS \
+            or not base_attrs.keys().isdisjoint(attrs) or type not in _valid_types \
+            or type_of(time_us) is not int or not 0 <= time_us <= TIME_US_MAX:
+        return _make_merged(base, type, attrs, time_us, id)
+    extra = _json_encode(attrs)
+    if len(extra) > MAX_STRING_LEN:
+        return _make_merged(base, type, attrs, time_us, id)
+    packed = base.packed[:-1] + b"," + extra[1:] if len(extra) > 2 else base.packed
+    if len(packed) > MAX_EVENT_BYTES:
+        return _make_merged(base, type, attrs, time_us, id)  # raises, naming the largest
+    fresh = id is None
+    return Event(new_id(time_us) if fresh else id, time_us, type, {**base_attrs, **attrs}, packed,  # type: ignore[arg-type]
+                 fresh)
+
+
+def _make_merged(base: AttrBase, type: str, attrs: dict[str, Any], time_us: int,  # noqa: A002
+                 id: str | None) -> Event:  # noqa: A002
+    """`make_event_on` for attributes it doesn't take on trust: validated, then joined to the
+    base's bytes (or, when they overlap or grow too big, `make_event` on the merged dict)."""
+    base_attrs = base.attrs
+    if not base_attrs:
+        return make_event(type, attrs, time_us=time_us, id=id)
+    if len(base_attrs) + len(attrs) > MAX_ATTRS or not base_attrs.keys().isdisjoint(attrs):
+        return make_event(type, {**base_attrs, **attrs}, time_us=time_us, id=id)
+    own = make_event(type, attrs, time_us=time_us, id=id)
+    extra = own.packed_attrs or b"{}"
+    packed = base.packed[:-1] + b"," + extra[1:] if len(extra) > 2 else base.packed
+    if len(packed) > MAX_EVENT_BYTES:
+        return make_event(type, {**base_attrs, **attrs}, time_us=time_us, id=id)  # raises, naming the largest
+    return Event(own.id, own.time_us, own.type, {**base_attrs, **own.attrs}, packed, own.fresh)
+
+
 def event_from_json(obj: Mapping[str, Any]) -> Event:
     """An event from its JSON form {"id", "time", "type", "attrs"} (time: RFC 3339 or epoch s).
 

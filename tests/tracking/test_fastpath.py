@@ -276,24 +276,21 @@ def test_gzip_page_is_decoded_and_encoded_once_and_memo_gives_the_same_bytes(edi
     assert "f=%2Fother" in gzip.decompress(other.response.raw_content).decode()
 
 
-def test_memo_hit_is_exact_even_when_two_bodies_share_a_hash(editor, monkeypatch):
-    """The memo is keyed by Python's hash of the body; a hit also compares the body itself,
-    so a body that collides with another (every body here: hash forced to 0) is edited
-    afresh, never given the other body's result."""
-    import addons.htmledit as htmledit
-
-    monkeypatch.setattr(htmledit, "hash", lambda _: 0, raising=False)
+def test_memo_hit_is_exact_for_bodies_of_the_same_length(editor):
+    """The memo holds a page's last bodies and compares the whole body: a body of the same
+    length with another link is edited afresh, never given the other body's result, and a
+    page alternating between two variants gets each its own."""
     first = PAGE.replace("example.net/x", "example.net/a")
     second = PAGE.replace("example.net/x", "example.net/b")   # same length, other link
     assert len(first) == len(second)
     outputs = []
-    for body in (first, second, first):
+    for body in (first, second, first, second):
         f = encoded_flow("/p", body.encode(), "identity")
         editor.response(f)
         html = f.response.raw_content.decode()
         link = html.split('href="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
         outputs.append(check_redirect(SECRET, link.split("?", 1)[1])[0])
-    assert outputs == ["https://example.net/a", "https://example.net/b", "https://example.net/a"]
+    assert outputs == ["https://example.net/a", "https://example.net/b"] * 2
 
 
 def test_unknown_content_encoding_and_non_html_are_left_alone(editor):
@@ -361,14 +358,26 @@ def test_parts_with_request_paths_are_called_only_for_their_paths_and_first():
     assert calls == ["closer", "pixel", "closer"]
 
 
-def test_a_page_that_changes_every_time_stops_filling_the_memo_but_is_still_edited(editor):
-    from addons.htmledit import MEMO_GIVE_UP, MEMO_RETRY
+def test_the_memo_keeps_a_pages_last_bodies_and_finds_a_page_that_turns_static(editor, monkeypatch):
+    from addons.htmledit import MEMO_BODIES_PER_PAGE, MEMO_ENTRIES
 
-    for n in range(MEMO_RETRY + 4):
+    for n in range(40):   # a new body every time: still edited, only the last bodies kept
         f = make_flow("/token", body=PAGE.replace("<body>", f"<body><!-- {n} -->").encode())
         editor.response(f)
         assert b'href="/_portico/out?u=' in f.response.raw_content and b"data-portico" in f.response.raw_content
-    assert len(editor._memo) <= MEMO_GIVE_UP + 3  # the misses in a row, then a retry now and then
-    for _ in range(MEMO_RETRY + 2):  # the page turns static: the next retry finds it memoised again
-        editor.response(make_flow("/token", body=PAGE.encode()))
-    assert ("www.example.org", "/token") not in editor._misses
+    assert [len(bodies) for bodies in editor._memo.values()] == [MEMO_BODIES_PER_PAGE]
+    first = make_flow("/token", body=PAGE.encode())
+    editor.response(first)   # the page turns static: remembered at once...
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a page served again must come from the memo")
+
+    monkeypatch.setattr(editor, "_edit", not_again)
+    monkeypatch.setattr(editor, "_from_template", not_again)
+    again = make_flow("/token", body=PAGE.encode())
+    editor.response(again)   # ...and served from it the next time
+    assert again.response.raw_content == first.response.raw_content
+    monkeypatch.undo()
+    for n in range(MEMO_ENTRIES):   # many pages: the memo stays bounded
+        editor.response(make_flow(f"/p{n}", body=PAGE.encode()))
+    assert sum(len(bodies) for bodies in editor._memo.values()) <= MEMO_ENTRIES

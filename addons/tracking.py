@@ -43,7 +43,6 @@ from addons.referrers import Referrer, classify
 from addons.signing import pseudonym
 from addons.useragent import parse_user_agent
 from addons.visitor import Session, Visitors
-from telemetry.events import AttrBase, EventError, attr_base, make_event_on
 
 log = logging.getLogger("portico.tracking")
 
@@ -103,15 +102,13 @@ def _classify(referer: str, medium: str | None, source: str | None, ref: str | N
 
 
 STATIC_ENTRIES = 4096
-_BASE = "base"  # a request event's key holding its `AttrBase` until `Tracking._submit`
 
 
 @dataclass(frozen=True, slots=True)
 class _Static:
     """The parts of a request event that depend only on `Tracking._static`'s key."""
 
-    attrs: dict[str, Any]  # never changed
-    base: AttrBase | None  # attrs validated and encoded once (None: they fail validation)
+    attrs: dict[str, Any]  # copied, never changed
     path_only: str
     own: bool              # under the reserved prefix
     kind: str              # content kind
@@ -220,11 +217,7 @@ class Tracking:
             for name in UTM_PARAMS:
                 if params.get(name):
                     attrs[name] = params[name][:200]
-        try:
-            base: AttrBase | None = attr_base(attrs)
-        except EventError:  # e.g. a path with a lone surrogate: the store refuses these events, and says so
-            base = None
-        static = _Static(attrs, base, path_only, (path_only + "/").startswith(s.reserved_prefix), kind, ua, ref)
+        static = _Static(attrs, path_only, (path_only + "/").startswith(s.reserved_prefix), kind, ua, ref)
         if len(self._statics) >= STATIC_ENTRIES:
             self._statics.clear()  # rarely: many distinct clients x pages; rebuilt as requests come
         self._statics[key] = static
@@ -271,11 +264,14 @@ class Tracking:
                 and cache_status not in ("hit", "stale"):
             upstream_ms = max(0.0, (resp.timestamp_start - req.timestamp_end) * 1000)
 
-        # the attributes of this flow alone; the static ones are in `static.base`, encoded once
-        attrs: dict[str, Any] = {
-            "status": status, "req_bytes": len(req.raw_content or b""), "resp_bytes": resp_bytes,
-            "duration_ms": round(max(0.0, end - started) * 1000, 2), "upstream_ms": round(upstream_ms, 2),
-            "session": session, "request_id": md.get(metadata.REQUEST_ID, "")}
+        attrs = static.attrs.copy()
+        attrs["status"] = status
+        attrs["req_bytes"] = len(req.raw_content or b"")
+        attrs["resp_bytes"] = resp_bytes
+        attrs["duration_ms"] = round(max(0.0, end - started) * 1000, 2)
+        attrs["upstream_ms"] = round(upstream_ms, 2)
+        attrs["session"] = session
+        attrs["request_id"] = md.get(metadata.REQUEST_ID, "")
         if cache_status:
             attrs["cache"] = cache_status
         if blocked_by:
@@ -294,15 +290,11 @@ class Tracking:
 
         events: list[dict[str, Any]] = []
         if new_session:
-            both = {**static.attrs, **attrs}
             events.append({"type": "session.start", "time": started, "attrs": {
                 "session": session, "entry": path_only[:1024], "host": site, "ref_class": ref.source_class,
                 **({"ref_host": ref.host} if ref.host else {}),
-                **{k: both[k] for k in ("browser", "os", "device", "net", "country", "campaign") if k in both}}})
-        if static.base is not None:
-            events.append({"type": "request", "time": started, "attrs": attrs, _BASE: static.base})
-        else:
-            events.append({"type": "request", "time": started, "attrs": {**static.attrs, **attrs}})
+                **{k: attrs[k] for k in ("browser", "os", "device", "net", "country", "campaign") if k in attrs}}})
+        events.append({"type": "request", "time": started, "attrs": attrs})
         if state is not None and not own_endpoint and status < 400 and s.goals:
             for goal in goals_for_path(s.goals, path_only):
                 if goal.name not in state.goals_done:
@@ -318,13 +310,13 @@ class Tracking:
         if ua.bot:
             for ev in events:
                 self._mark_bot(ev, visitor, ua.bot_reason)
-            self._submit(events)
+            self.recorder.submit(events)
             return
         if state is not None and state.browser_seen:
             self._release(visitor, bot=False)
             for ev in events:
                 self._mark_human(ev, visitor)
-            self._submit(events)
+            self.recorder.submit(events)
             return
         # Not yet known: hold until something follows (or the timeout says "no-follow").
         held = self.pending.get(visitor)
@@ -335,22 +327,6 @@ class Tracking:
         held.events.extend(events)
 
     # --- helpers ---------------------------------------------------------------------------
-
-    def _submit(self, events: list[dict[str, Any]]) -> None:
-        """Hand events to the recorder; a request event is made here from its static part
-        (validated and encoded once per `_Static`) and the attributes of its own flow."""
-        out: list[Any] = []
-        for ev in events:
-            base = ev.get(_BASE)
-            if base is None:
-                out.append(ev)
-                continue
-            try:  # the flow's own attributes are ours (numbers, ids, str() of what others set): checked=True
-                out.append(make_event_on(base, ev["type"], ev["attrs"], time_us=int(round(ev["time"] * 1_000_000)),
-                                         checked=True))
-            except (EventError, TypeError, ValueError):  # the store refuses it, and says so, as for any bad event
-                out.append({"type": ev["type"], "time": ev["time"], "attrs": {**base.attrs, **ev["attrs"]}})
-        self.recorder.submit(out)
 
     def _attribution(self, cookie: str, state: Session | None) -> Attribution | None:
         found = from_cookie_header(self.settings.secret, cookie, self.settings.attribution_window) if cookie else None
@@ -388,7 +364,7 @@ class Tracking:
                 self._mark_human(ev, visitor)
             else:
                 ev["attrs"]["visitor"] = visitor
-        self._submit(held.events)
+        self.recorder.submit(held.events)
 
     def flush_pending(self, force: bool = False) -> None:
         """Release held events whose timeout passed; with `force` (shutdown) all of them,

@@ -9,8 +9,7 @@ import msgpack
 import pytest
 
 from telemetry.errors import EventError
-from telemetry.events import (MAX_EVENT_BYTES, attr_base, decode_row, decode_row_batch, encode_rows, event_from_json,
-                              event_to_json, make_event, make_event_on, new_id, row_key)
+from telemetry.events import decode_row, decode_row_batch, encode_rows, event_from_json, event_to_json, make_event, new_id, row_key
 from telemetry.query import ListQuery
 from tests.telemetry.conftest import T0
 
@@ -136,65 +135,3 @@ def test_rows_in_the_older_msgpack_form_are_still_read():
     assert (ev.id, ev.time_us, ev.type, ev.attrs) == ("01OLD", 5, "user.joined", attrs)
     new = encode_rows([make_event("x", {"a": 1})], [b"01NEW"])[0]
     assert decode_row_batch([old, new]) == [("01OLD", "user.joined", attrs), ("01NEW", "x", {"a": 1})]
-
-
-# --- events sharing a pre-encoded base (make_event_on) --------------------------------------
-
-BASE = {"method": "GET", "host": "www.example.org", "path": "/enrol", "browser": "Firefox", "net": "192.0.2.0/24"}
-
-
-@pytest.mark.parametrize("checked", [False, True])
-@pytest.mark.parametrize("own", [
-    {"status": 200, "duration_ms": 1.25, "session": "s1", "bot": False, "groups": ["staff", "admins"]},
-    {},
-    {"note": "Zoë \n\"q\"", "n": -(2**63)},
-])
-def test_an_event_on_a_base_is_the_event_make_event_makes_from_the_merged_attributes(checked, own):
-    base = attr_base(BASE)
-    got = make_event_on(base, "request", dict(own), time_us=1_700_000_000_000_000, id="e1", checked=checked)
-    want = make_event("request", {**BASE, **own}, time_us=1_700_000_000_000_000, id="e1")
-    assert got == want and got.packed_attrs == want.packed_attrs
-    assert json.loads(got.packed_attrs) == {**BASE, **own}
-
-
-@pytest.mark.parametrize("own, field", [
-    ({"status": None}, "attrs.status"),
-    ({"x": float("inf")}, "attrs.x"),
-    ({"x": "y" * 5000}, "attrs.x"),
-    ({"a.b": 1}, "attrs"),
-])
-def test_attributes_not_taken_on_trust_are_validated_as_make_event_does(own, field):
-    with pytest.raises(EventError) as ei:
-        make_event_on(attr_base(BASE), "request", own, time_us=1)
-    assert ei.value.field == field
-
-
-def test_a_checked_caller_still_gets_the_size_limits_and_the_type_and_time_checks():
-    base = attr_base(BASE)
-    with pytest.raises(EventError) as ei:    # over MAX_STRING_LEN: validated, naming the attribute
-        make_event_on(base, "request", {"x": "y" * 5000}, time_us=1, checked=True)
-    assert ei.value.field == "attrs.x"
-    big = attr_base({f"a{i}": "x" * 2000 for i in range(8)})
-    with pytest.raises(EventError) as ei:    # the whole event over MAX_EVENT_BYTES
-        make_event_on(big, "request", {"b": "z" * 1500}, time_us=1, checked=True)
-    assert ei.value.field == "attrs" and str(MAX_EVENT_BYTES) in str(ei.value)
-    with pytest.raises(EventError, match="^type:"):
-        make_event_on(base, "Bad Type", {"a": 1}, time_us=1, checked=True)
-    with pytest.raises(EventError, match="^time:"):
-        make_event_on(base, "request", {"a": 1}, time_us=-1, checked=True)
-
-
-def test_a_name_in_both_takes_the_events_own_value():
-    got = make_event_on(attr_base(BASE), "request", {"path": "/other", "status": 404}, time_us=5, checked=True)
-    assert got.attrs["path"] == "/other" and json.loads(got.packed_attrs)["path"] == "/other"
-    assert list(json.loads(got.packed_attrs)).count("path") == 1
-
-
-def test_events_on_a_base_round_trip_through_the_store(store):
-    base = attr_base(BASE)
-    t0_us = int(T0.timestamp() * 1_000_000)
-    evs = [make_event_on(base, "request", {"status": 200 + i, "ms": i / 4}, time_us=t0_us + i, checked=True)
-           for i in range(3)]
-    assert store.record(evs).accepted == 3
-    page = store.list_events(ListQuery(start=T0, end=T0 + timedelta(hours=1)))
-    assert [dict(e.attrs) for e in page.events] == [{**BASE, "status": 200 + i, "ms": i / 4} for i in range(3)]

@@ -15,15 +15,16 @@ Editors (`Outbound`, `Snippet`) implement `edit_html(page) -> bytes | None` on t
   Shift_JIS... everything editors insert or look for is ASCII, and in those charsets an
   ASCII byte is always that character): editors search and splice bytes. Pages in UTF-16,
   UTF-32, UTF-7, ISO-2022 or EBCDIC are transcoded to UTF-8 for the editors and back;
-- a memo of finished results per page: keyed by everything the editors read but the body
-  (host, path, method, Content-Type, Content-Encoding, CSP), it holds the last
-  MEMO_BODIES_PER_PAGE bodies as sent with their results (two: a page alternating between
-  two variants still hits). A page served again (the common case) costs a dict lookup and
-  a byte comparison with the body remembered (memcmp: ~0.05 us for 2 KB, stopping at the
-  first difference), instead of a decompress, the edits and a recompress. Not hashing the
-  body saves ~0.8 us a response for 2 KB, ~10 us for 50 KB (SipHash; blake2b was slower),
-  and a page whose body differs every time loses nothing by trying, so there is no
-  give-up rule. Hits are exact, so editors must be pure functions of those inputs.
+- a memo of finished results per page: keyed by what the editors read but the body and
+  the CSP (host, path, method, Content-Type, Content-Encoding), it holds the page's last
+  MEMO_BODIES_PER_PAGE bodies as sent, each with its CSP and its result (two: a page
+  alternating between two variants still hits; a page with a new nonce per response takes
+  one entry, not one per nonce). A page served again (the common case) costs a dict
+  lookup and a byte comparison with the body remembered (memcmp: ~0.05 us for 2 KB,
+  stopping at the first difference), instead of a decompress, the edits and a recompress.
+  Not hashing the body saves ~0.8 us a response for 2 KB, ~11 us for 50 KB (SipHash), and
+  a page whose body differs every time loses nothing by trying, so there is no give-up
+  rule. Hits are exact, so editors must be pure functions of those inputs.
 - a template per page (addons/htmltemplate.py) for bodies that differ from the last one
   only in digits (counters, timestamps, ids) or in one token outside what the editors read
   (a CSRF token, a nonce): the last result with the changed span copied in, instead of
@@ -54,8 +55,11 @@ from addons.htmltemplate import OwnedEdit, PageTemplate, merge_edits
 
 log = logging.getLogger("portico.htmledit")
 
+# a memo entry: (the body as sent, its CSP values, new body or None, new CSP values or None)
+_Remembered = tuple[bytes, tuple[str, ...], bytes | None, list[str] | None]
+
 MAX_EDIT_BYTES = 4 * 2**20
-MEMO_ENTRIES = 128  # templates; memo pages hold MEMO_BODIES_PER_PAGE bodies each, as many in all
+MEMO_ENTRIES = 128  # bodies in the memo (pages: up to MEMO_BODIES_PER_PAGE each); templates
 MEMO_BODIES_PER_PAGE = 2
 MEMO_MAX_BODY = 128 * 1024  # larger pages are edited every time rather than held in memory
 MEMO_GIVE_UP = 8   # a page whose template missed this often in a row changes more than templates serve:
@@ -113,9 +117,9 @@ class HtmlEdit:
     def __init__(self, editors: Sequence[HtmlEditor], max_bytes: int = MAX_EDIT_BYTES) -> None:
         self.editors = tuple(editors)
         self.max_bytes = max_bytes
-        # page key -> its last bodies, newest first: (the body as sent, new body or None, new CSP values or None)
-        self._memo: OrderedDict[tuple[object, ...], list[tuple[bytes, bytes | None, list[str] | None]]] = \
-            OrderedDict()
+        # page key -> its last bodies, newest first
+        self._memo: OrderedDict[tuple[object, ...], list[_Remembered]] = OrderedDict()
+        self._memo_bodies = 0  # bodies in all the pages' lists (at most MEMO_ENTRIES)
         # route -> (its editors, their ids, the indexes of those that read the CSP)
         self._by_route: dict[object, tuple[list[HtmlEditor], tuple[int, ...], frozenset[int]]] = {}
         # (editors, host, path, method, Content-Type) -> the page's template
@@ -154,16 +158,17 @@ class HtmlEdit:
         path = (md.get(metadata.ORIGINAL_PATH) or flow.request.path).split("?", 1)[0]
         host = md.get(metadata.ORIGINAL_HOST, "")
         key: tuple[object, ...] | None = None
+        policy = tuple(csp)
         if len(raw) <= MEMO_MAX_BODY:
-            key = (editor_ids, host, path, method, ctype, cenc, tuple(csp))
+            key = (editor_ids, host, path, method, ctype, cenc)
             bodies = self._memo.get(key)
             if bodies is not None:
                 for i, hit in enumerate(bodies):
-                    if hit[0] == raw:  # exact: the whole body, not a digest of it
+                    if hit[0] == raw and hit[1] == policy:  # exact: the whole body, not a digest of it
                         if i:
                             bodies.insert(0, bodies.pop(i))
                         self._memo.move_to_end(key)
-                        self._apply(resp, hit[1], hit[2], te)
+                        self._apply(resp, hit[2], hit[3], te)
                         return
         template_key: tuple[object, ...] | None = None
         template: PageTemplate | None = None
@@ -179,7 +184,7 @@ class HtmlEdit:
                         template.misses = 0
                         self._templates.move_to_end(template_key)
                         if key is not None:  # a page that turns static is then found in the memo
-                            self._remember(key, raw, out, template.csp)
+                            self._remember(key, raw, policy, out, template.csp)
                         self._apply(resp, out, template.csp, te)
                         return
                 template.misses += 1
@@ -188,10 +193,10 @@ class HtmlEdit:
         result = self._edit(resp, raw, editors, ctype, cenc, csp, host, path, method,
                             str(md.get(metadata.REQUEST_ID) or ""), template_key is not None)
         if key is not None:
-            self._remember(key, raw, result[0], result[1])
+            self._remember(key, raw, policy, result[0], result[1])
         if template_key is not None and result[0] is not None and result[2] is not None:
             self._templates[template_key] = new = PageTemplate.build(raw, result[0], result[1], result[2], csp)
-            # like the memo: after a retry that missed, the next request tries the new template
+            # after a retry that missed, the next request tries the new template
             misses = template.misses if template is not None else 0
             new.misses = misses if misses <= MEMO_GIVE_UP else MEMO_GIVE_UP - 1
             self._templates.move_to_end(template_key)
@@ -199,16 +204,22 @@ class HtmlEdit:
                 self._templates.popitem(last=False)
         self._apply(resp, result[0], result[1], te)
 
-    def _remember(self, key: tuple[object, ...], raw: bytes, out: bytes | None, csp: list[str] | None) -> None:
+    def _remember(self, key: tuple[object, ...], raw: bytes, policy: tuple[str, ...], out: bytes | None,
+                  csp: list[str] | None) -> None:
+        """Put a result first in its page's list (at most MEMO_BODIES_PER_PAGE), and drop the
+        least recently used pages while the memo holds more than MEMO_ENTRIES bodies."""
         bodies = self._memo.get(key)
         if bodies is None:
-            self._memo[key] = [(raw, out, csp)]
-            if len(self._memo) > MEMO_ENTRIES // MEMO_BODIES_PER_PAGE:
-                self._memo.popitem(last=False)
-            return
-        bodies.insert(0, (raw, out, csp))
-        del bodies[MEMO_BODIES_PER_PAGE:]
-        self._memo.move_to_end(key)
+            bodies = self._memo[key] = []
+        else:
+            self._memo.move_to_end(key)
+        bodies.insert(0, (raw, policy, out, csp))
+        self._memo_bodies += 1
+        if len(bodies) > MEMO_BODIES_PER_PAGE:
+            self._memo_bodies -= len(bodies) - MEMO_BODIES_PER_PAGE
+            del bodies[MEMO_BODIES_PER_PAGE:]
+        while self._memo_bodies > MEMO_ENTRIES:
+            self._memo_bodies -= len(self._memo.popitem(last=False)[1])
 
     @staticmethod
     def _from_template(template: PageTemplate, raw: bytes, editors: list[HtmlEditor], csp_readers: frozenset[int],

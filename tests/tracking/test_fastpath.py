@@ -378,6 +378,26 @@ def test_the_memo_keeps_a_pages_last_bodies_and_finds_a_page_that_turns_static(e
     editor.response(again)   # ...and served from it the next time
     assert again.response.raw_content == first.response.raw_content
     monkeypatch.undo()
-    for n in range(MEMO_ENTRIES):   # many pages: the memo stays bounded
+    for n in range(MEMO_ENTRIES + 10):   # many pages: the memo stays bounded
         editor.response(make_flow(f"/p{n}", body=PAGE.encode()))
-    assert sum(len(bodies) for bodies in editor._memo.values()) <= MEMO_ENTRIES
+    assert sum(len(bodies) for bodies in editor._memo.values()) == editor._memo_bodies == MEMO_ENTRIES
+
+
+def test_the_memo_holds_as_many_static_pages_as_bodies_and_a_nonce_page_takes_one_entry(editor, monkeypatch):
+    from addons.htmledit import MEMO_BODIES_PER_PAGE, MEMO_ENTRIES
+
+    pages = [f"/p{n}" for n in range(MEMO_ENTRIES)]
+    for path in pages:
+        editor.response(make_flow(path, body=PAGE.encode()))
+    for n in range(50):   # strict CSP: a new nonce every response, served by the template
+        editor.response(make_flow("/csp", body=PAGE.encode(),
+                                  resp_headers={"Content-Security-Policy": f"script-src 'nonce-n{n:04d}'"}))
+    assert len(editor._memo[next(k for k in editor._memo if "/csp" in k)]) == MEMO_BODIES_PER_PAGE
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a static page served again must come from the memo")
+
+    monkeypatch.setattr(editor, "_edit", not_again)
+    monkeypatch.setattr(editor, "_from_template", not_again)
+    for path in pages[MEMO_BODIES_PER_PAGE:]:   # the nonce page pushed out only as many bodies as it keeps
+        editor.response(make_flow(path, body=PAGE.encode()))

@@ -179,7 +179,7 @@ class HtmlEdit:
                 trying = _worth_trying(template.misses)
                 if trying:
                     out = self._from_template(template, raw, editors, csp_readers, ctype, host, path, method,
-                                              csp, md)
+                                              policy, md)
                     if out is not None:
                         template.misses = 0
                         self._templates.move_to_end(template_key)
@@ -223,7 +223,7 @@ class HtmlEdit:
 
     @staticmethod
     def _from_template(template: PageTemplate, raw: bytes, editors: list[HtmlEditor], csp_readers: frozenset[int],
-                       ctype: str, host: str, path: str, method: str, csp: list[str],
+                       ctype: str, host: str, path: str, method: str, policy: tuple[str, ...],
                        md: dict[str, object]) -> bytes | None:
         """`template.apply` for this response: an editor asked to redo an edit (`redo_edit`)
         sees the page's fields; when the Content-Security-Policy differs from the one the
@@ -237,10 +237,9 @@ class HtmlEdit:
                 return None
             if not pages:
                 pages.append(HtmlPage(b"", _declared_charset(ctype), host, path, method,
-                                      str(md.get(metadata.REQUEST_ID) or ""), list(csp)))
+                                      str(md.get(metadata.REQUEST_ID) or ""), list(policy)))
             return redo_edit(pages[0], span)
 
-        policy = tuple(csp)
         if policy == template.csp_in:
             return template.apply(raw, redo)
         if not csp_readers and template.csp is not None:

@@ -208,21 +208,22 @@ class Slapd:
     def restart(self) -> None:
         """Stop and start again on the same ports, with the same data."""
         self.stop()
-        for _ in range(50):
-            try:
-                self.start_same_ports()
-                return
-            except RuntimeError:
-                time.sleep(0.1)
-        raise RuntimeError("slapd did not restart on its ports")
+        self.start_same_ports()
 
-    def start_same_ports(self) -> None:
+    def start_same_ports(self, attempts: int = 50) -> None:
+        """Start again (after `stop`) on the ports it had. A freed port can be held for a
+        moment by someone else (an outgoing connection given it as its source port): retry."""
         conf = self.workdir / "slapd.conf"
         urls = f"{self.ldap_url}/ {self.ldaps_url}/"
-        self.process = subprocess.Popen([SLAPD, "-f", str(conf), "-h", urls, "-d", "0"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if not self._wait_ready():
-            raise RuntimeError(self._reap())
+        last_error = ""
+        for _ in range(attempts):
+            self.process = subprocess.Popen([SLAPD, "-f", str(conf), "-h", urls, "-d", "0"],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if self._wait_ready():
+                return
+            last_error = self._reap()
+            time.sleep(0.1)
+        raise RuntimeError(f"slapd did not restart on its ports: {last_error}")
 
     def admin(self) -> ldap3.Connection:
         server = ldap3.Server("127.0.0.1", port=self.ldap_port, get_info=ldap3.NONE)

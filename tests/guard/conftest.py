@@ -38,7 +38,7 @@ def dns_yaml(u: Unbound, *, protocol: str = "dot", extra: str = "", server_name:
     """A `dns:` section pointing at the test unbound."""
     port = u.dot_port if protocol == "dot" else u.doh_port
     return (f"dns:\n  resolvers:\n    - {{protocol: {protocol}, address: 127.0.0.1, port: {port}, "
-            f"server_name: {server_name}, ca_file: '{u.ca_file}', timeout: 1s}}\n{extra}")
+            f"server_name: {server_name}, ca_file: '{u.ca_file}', timeout: 5s}}\n{extra}")
 
 
 class RecordingStore:

@@ -60,8 +60,8 @@ auth:
     base_dn: {SUFFIX}
     bind_dn: {SERVICE_DN}
     password_file: {pw}
-    connect_timeout: 1
-    response_timeout: 2
+    connect_timeout: 2
+    response_timeout: 5
   regulation: {{max_retries: 3, address_max_retries: 1000, ban_time: 10m}}
   {session}
 {extra}
@@ -471,7 +471,7 @@ def test_login_and_account_events_reach_the_store(upstream, tmp_path):
     roles: {admins: admin, members: member}
     check_interval: 1s
 """).replace("telemetry: {enabled: false, ", "telemetry: {sync: false, ").replace(
-            "    response_timeout: 2\n", "    response_timeout: 2\n    auth_cache_ttl: 0\n    group_cache_ttl: 0.01\n")
+            "    response_timeout: 5\n", "    response_timeout: 5\n    auth_cache_ttl: 0\n    group_cache_ttl: 0.01\n")
         # no periodic check while alice is promoted: it could see her between the two group
         # changes (in neither group: left then joined); the restart below runs it every second
         with GatewayThread(config.replace("check_interval: 1s", "check_interval: 1h")) as gateway:

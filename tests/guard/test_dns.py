@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from mitmproxy.test import tflow
 
-from addons import metadata
+from addons import dns_resolver, metadata
 from addons.dns_resolver import DnsResolutionError, EncryptedResolver, ResolverSettings, ResolverSpec
 from addons.dnsguard import DnsGuard, DnsGuardSettings, doh_signal, KNOWN_DOH_HOSTS
 from tests.guard.conftest import dns_yaml
@@ -61,15 +62,31 @@ def test_spki_pin_authenticates_without_a_name_and_a_wrong_pin_fails(unbound):
                "upstream.test")
 
 
-def test_answers_are_cached_by_ttl(unbound):
+class FrozenTime:
+    """`time` for addons.dns_resolver whose monotonic clock moves only when told (a 1 s TTL
+    must not run out between two lookups because the machine stalled)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def test_answers_are_cached_by_ttl(unbound, monkeypatch):
     settings = ResolverSettings((spec(unbound),), min_ttl=0.0, ipv6=False)
+    clock = FrozenTime()
+    monkeypatch.setattr(dns_resolver, "time", clock)
 
     async def run():
         r = EncryptedResolver(settings)
         first = await r.lookup("short.test")  # TTL 1
         second = await r.lookup("short.test")
         long1 = await r.lookup("upstream.test")  # TTL 60
-        await asyncio.sleep(1.1)
+        clock.now += 1.1
         third = await r.lookup("short.test")
         long2 = await r.lookup("upstream.test")
         await r.aclose()

@@ -287,7 +287,10 @@ class Cache:
         if method == "PURGE":
             self._purge(flow, url)
             return
-        state = _State(url, route, self.clock(), P.request_control(req), self._authenticated(req))
+        # a user Portico identified counts as an authenticated request (§3.5): Auth has taken
+        # the Authorization header and session cookie away, and the upstream is told who it is
+        state = _State(url, route, self.clock(), P.request_control(req),
+                       self._authenticated(req) or bool(flow.metadata.get(metadata.USER)))
         self._flows[flow.id] = state
         if method in P.UNSAFE_METHODS:
             state.outcome, state.fwd, state.invalidate, state.may_store = "bypass", "method", True, False
@@ -418,8 +421,11 @@ class Cache:
                    (*_CONDITIONALS, "if-range", "range", "content-length")]
         headers += list(P.conditional_headers(P.Fields(entry.headers)).items())
         target = (flow.request.scheme, flow.request.host, flow.request.port, flow.request.path)
+        # a response the upstream made for a user Portico identified is never stored (see
+        # addons/auth.py, DO_NOT_CACHE): only a 304 may update the shared entry
         task = self._spawn(self._revalidate(target, headers, state.url, state.route, entry,
-                                                 flow.request.headers.copy()))
+                                                 flow.request.headers.copy(), authenticated=state.authenticated,
+                                                 store_new=not flow.metadata.get(metadata.USER)))
         self._refreshing[state.url] = task
         task.add_done_callback(lambda t, url=state.url: self._refreshing.pop(url, None)
                                if self._refreshing.get(url) is t else None)
@@ -428,8 +434,10 @@ class Cache:
         return task
 
     async def _revalidate(self, target: tuple[str, str, int, str], headers: list[tuple[str, str]], url: str,
-                          route: RouteCacheSettings, entry: Entry, request_headers: http.Headers) -> Any:
-        """Fetch upstream with validators; a 304 updates the entry, a cacheable 200 replaces it."""
+                          route: RouteCacheSettings, entry: Entry, request_headers: http.Headers, *,
+                          authenticated: bool = False, store_new: bool = True) -> Any:
+        """Fetch upstream with validators; a 304 updates the entry, a cacheable 200 replaces it
+        (unless `store_new` is false: the request carried a user's identity)."""
         request_time = self.clock()
         self.upstream_fetches += 1
         address = None
@@ -449,11 +457,11 @@ class Cache:
             if body is None or not self.store.put(updated, body, entry.body_hash):
                 return None
             return _Updated(updated, 304)
-        if fetched.status >= 500:
+        if fetched.status >= 500 or not store_new:
             return fetched
         req = fields_of(request_headers)
         new = self._entry_from(url, route, fetched.status, fetched.reason, fetched.headers, req,
-                               request_time, response_time, authenticated=self._authenticated(req),
+                               request_time, response_time, authenticated=authenticated or self._authenticated(req),
                                req_control=P.request_control(req))
         if new is not None and await self._put(new, fetched.body):
             return _Updated(new, fetched.status)
@@ -620,9 +628,10 @@ class Cache:
 
     async def _finish(self, flow: http.HTTPFlow, state: _State, resp: http.Response) -> None:
         if state.served:
-            if flow.metadata.get(metadata.DO_NOT_CACHE):
+            marker = flow.metadata.get(metadata.DO_NOT_CACHE)
+            if marker and not str(marker).startswith("auth:"):
                 self.store.invalidate(state.url)  # moderation flagged what we had stored
-            return
+            return  # (auth's marker says the flow is a user's: the shared entry it was served stays)
         status = resp.status_code
         if state.invalidate:
             if 200 <= status < 400:

@@ -164,7 +164,7 @@ class Auth:
         self._gone: set[str] = set()  # users the directory no longer knows: sessions refused
         self._task: asyncio.Task[None] | None = None
         self._cookie_prefix = settings.cookie_name.encode() + b"="
-        self._header_names = frozenset(n.lower().encode() for n in (
+        self._header_names = frozenset(n.lower().replace("_", "-").encode() for n in (
             settings.header_user, settings.header_groups, settings.header_email, settings.header_name))
         self._header_pairs: dict[Identity, tuple[tuple[bytes, bytes], ...]] = {}
         self._verified: dict[str, Session] = {}  # token -> verified session (signature checked)
@@ -325,6 +325,18 @@ class Auth:
             identity = self._from_cookie(flow, token)
         if identity is not None:
             self._identify(flow, identity, upstream_headers=True)
+        else:
+            self._strip_identity_headers(flow)
+
+    def _strip_identity_headers(self, flow: http.HTTPFlow) -> None:
+        """Drop client-sent copies of the identity headers Portico sets (their configured names,
+        which Forwarded's fixed list may not know; `_` spellings too): an anonymous request
+        must not reach the upstream claiming to be someone."""
+        fields = flow.request.headers.fields
+        kept = tuple(f for f in fields if f[0].lower().replace(b"_", b"-") not in self._header_names)
+        if len(kept) != len(fields):
+            flow.request.headers.fields = kept
+            log.info("request %s: removed client-supplied identity headers", flow.metadata.get(metadata.REQUEST_ID))
 
     def _verify(self, token: str) -> Session:
         """`SessionManager.verify` with a small cache of verified tokens: the signature of a
@@ -424,8 +436,9 @@ class Auth:
                 self._header_pairs.clear()
             self._header_pairs[identity] = pairs
         # replace any copy of our header names (Forwarded strips the usual ones; names are configurable)
+        names = self._header_names
         flow.request.headers.fields = tuple(
-            f for f in flow.request.headers.fields if f[0].lower() not in self._header_names) + pairs
+            f for f in flow.request.headers.fields if f[0].lower().replace(b"_", b"-") not in names) + pairs
 
     # --- login and logout ---------------------------------------------------------------
 

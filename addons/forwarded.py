@@ -13,6 +13,11 @@ Metadata written: REQUEST_ID, CLIENT_IP, LISTENER, ORIGINAL_HOST, ORIGINAL_PATH,
 - Identity headers (`Remote-User`, `X-Forwarded-User`, ...) are always removed: only
   Portico's own auth addon may set them, after this addon ran. Headers that change what
   an upstream serves without being part of a cache key (`X-Original-URL`, ...) go too.
+- Underscore spellings of those names (`Remote_User`, `X_Forwarded_For`) go as well: CGI
+  and WSGI servers read `Remote_User` as `REMOTE_USER`, the same variable as `Remote-User`.
+- A header value folded over several lines (obs-fold) or holding a CR or LF is joined with
+  one space (RFC 9112 §5.2): forwarded as received, an upstream could read the continuation
+  line as a header of its own.
 - Bodies announced larger than `max_request_body` are refused with 413 before they are read.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -56,6 +62,36 @@ FORWARDING_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"
 _SPOOFABLE = tuple((h, h.encode()) for h in IDENTITY_HEADERS + UNKEYED_OVERRIDE_HEADERS)
 _FORWARDING = tuple((h, h.encode()) for h in FORWARDING_HEADERS)
 _WATCHED = names(*IDENTITY_HEADERS, *UNKEYED_OVERRIDE_HEADERS, *FORWARDING_HEADERS)
+_UNDERSCORED = frozenset(h.encode() for h in IDENTITY_HEADERS + UNKEYED_OVERRIDE_HEADERS + FORWARDING_HEADERS)
+_LINE_BREAKS = re.compile(rb"[ \t]*[\r\n]+[ \t]*")
+
+HeaderFields = tuple[tuple[bytes, bytes], ...]
+
+
+def clean_fields(fields: HeaderFields) -> tuple[HeaderFields, list[str], list[str]] | None:
+    """(fields, names dropped, names unfolded) when a field needs it, else None (the usual case).
+
+    Dropped: underscore spellings of identity, override and forwarding headers. Unfolded: a
+    value with CR or LF in it (mitmproxy keeps an obs-fold as CRLF + space) gets one space
+    in place of each line break.
+    """
+    for name, value in fields:
+        if b"_" in name or b"\r" in value or b"\n" in value:
+            break
+    else:
+        return None
+    kept: list[tuple[bytes, bytes]] = []
+    dropped: list[str] = []
+    unfolded: list[str] = []
+    for name, value in fields:
+        if b"_" in name and name.lower().replace(b"_", b"-") in _UNDERSCORED:
+            dropped.append(name.decode("latin-1"))
+            continue
+        if b"\r" in value or b"\n" in value:
+            value = _LINE_BREAKS.sub(b" ", value).strip()
+            unfolded.append(name.decode("latin-1"))
+        kept.append((name, value))
+    return tuple(kept), dropped, unfolded
 
 
 @dataclass(frozen=True)
@@ -144,6 +180,14 @@ class Forwarded:
         flow.metadata[metadata.ORIGINAL_PATH] = request.path
         flow.metadata[metadata.STARTED] = time.monotonic()
 
+        cleaned = clean_fields(request.headers.fields)
+        if cleaned is not None:
+            request.headers.fields, dropped, unfolded = cleaned
+            if dropped:
+                log.info("request %s from %s: removed client-supplied %s", request_id, client_ip, ", ".join(dropped))
+            if unfolded:
+                log.info("request %s from %s: joined the lines of folded header %s", request_id, client_ip,
+                         ", ".join(unfolded))
         # one pass over the header fields: `name in headers` scans every field for each of
         # ~30 names (~60 us a request on mitmproxy's multidict)
         present = scan_headers(request.headers, _WATCHED).keys()

@@ -333,6 +333,15 @@ def test_identity_headers_from_anonymous_clients_are_stripped(gw):
     assert not {"remote-user", "remote-groups", "remote-email", "remote-name", "x-forwarded-user"} & set(data["headers"])
 
 
+def test_underscore_spellings_and_folded_lines_cannot_smuggle_an_identity(gw):
+    # CGI/WSGI servers read Remote_User as REMOTE_USER; a folded line could be read as a header
+    data = echoed(gw, "/public/x", headers={"Remote_User": "admin", "X_Forwarded_User": "admin",
+                                            "X_Forwarded_For": "6.6.6.6", "X-Note": "a\r\n Remote-User: admin"})
+    got = data["headers"]
+    assert not {"remote_user", "x_forwarded_user", "x_forwarded_for", "remote-user"} & set(got)
+    assert got["x-note"] == "a Remote-User: admin"  # one line, joined with a space
+
+
 # --- regulation -----------------------------------------------------------------------------
 
 
@@ -408,6 +417,19 @@ def test_file_backend_through_the_gateway(upstream, tmp_path):
         assert request(gateway.url, "/members/", headers={"Authorization": basic("erin", "x")})[0] == 401
     key = tmp_path / "data" / "session.key"
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+# (after the tests of the module's gateway: mitmproxy's `ctx.master` is process-wide, so a
+# second gateway started in this process takes over the first one's hooks)
+def test_configured_identity_header_names_from_anonymous_clients_are_stripped(upstream, tmp_path):
+    config = file_backend_config(upstream, tmp_path, ", headers: {user: X-Portico-Who, groups: X-Portico-Roles}")
+    config = config.replace("rules: [", "rules: [{path_prefixes: [/public/], policy: bypass}, ")
+    with GatewayThread(config) as gateway:
+        data = echoed(gateway, "/public/x", headers={"X-Portico-Who": "admin", "X_Portico_Roles": "admins"})
+        assert not {"x-portico-who", "x_portico_roles", "x-portico-roles"} & set(data["headers"])
+        data = echoed(gateway, "/members/", headers={"Authorization": basic("erin", "erin-pw"),
+                                                     "X-Portico-Who": "admin", "X_Portico_Who": "admin"})
+        assert data["headers"]["x-portico-who"] == "erin" and "x_portico_who" not in data["headers"]
 
 
 def test_logout_revokes_the_token_itself_even_across_a_restart(upstream, tmp_path):

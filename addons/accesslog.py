@@ -90,7 +90,10 @@ def host_field(client_ip: str, v4: int, v6: int) -> str:
 def referrer_without_query(referer: str) -> str:
     if not referer:
         return "-"
-    parts = urlsplit(referer)
+    try:
+        parts = urlsplit(referer)
+    except ValueError:  # not a URL ("http://[::1"): logged as no referrer
+        return "-"
     if not parts.scheme or not parts.netloc:
         return "-"
     return f"{parts.scheme}://{parts.netloc}{parts.path}"

@@ -38,6 +38,7 @@ order, and only the hooks they define.
 from __future__ import annotations
 
 import inspect
+import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -49,6 +50,8 @@ from mitmproxy import exceptions, hooks
 
 FORWARDED = ("request", "response", "error", "running", "done")
 DEFERRED = ("response", "error")
+
+log = logging.getLogger("portico.bundle")
 
 
 class BundleError(ValueError):
@@ -159,25 +162,42 @@ class Bundle:
 
     def _call(self, funcs: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> Awaitable[None] | None:
         """Call `funcs` in order; if one returns an awaitable, return a coroutine that awaits
-        it and then calls the rest (mitmproxy awaits what a hook returns)."""
+        it and then calls the rest (mitmproxy awaits what a hook returns). A part that raises
+        is logged and the next part still runs, as mitmproxy does for separate addons: a bug
+        in one endpoint must not skip Endpoints, which answers the rest of the reserved prefix."""
         for i, func in enumerate(funcs):
-            result = func(*args)
+            try:
+                result = func(*args)
+            except Exception:  # noqa: BLE001 - logged like mitmproxy's "Addon error"
+                _log_part_error(func)
+                continue
             if result is not None and inspect.isawaitable(result):
-                return self._finish(result, funcs[i + 1:], args)
+                return self._finish(result, funcs[i + 1:], args, func)
         return None
 
     @staticmethod
-    async def _finish(pending: Awaitable[Any], rest: tuple[Callable[..., Any], ...], args: tuple[Any, ...]) -> None:
-        await pending
+    async def _finish(pending: Awaitable[Any], rest: tuple[Callable[..., Any], ...], args: tuple[Any, ...],
+                      pending_func: Callable[..., Any]) -> None:
+        try:
+            await pending
+        except Exception:  # noqa: BLE001
+            _log_part_error(pending_func)
         for func in rest:
-            result = func(*args)
-            if result is not None and inspect.isawaitable(result):
-                await result
+            try:
+                result = func(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception:  # noqa: BLE001
+                _log_part_error(func)
 
     @staticmethod
     async def _gather(pending: list[Awaitable[Any]]) -> None:
         for item in pending:
             await item
+
+
+def _log_part_error(func: Callable[..., Any]) -> None:
+    log.exception("addon error in %s (the bundle's other parts still run)", getattr(func, "__qualname__", func))
 
 
 def _routed(part: Any) -> bool:

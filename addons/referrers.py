@@ -74,8 +74,11 @@ def classify(referer: str, params: Mapping[str, str], site_host: str,
     source = (params.get("utm_source") or params.get("ref") or "").strip()[:100]
     ref_host, ref_path = "", ""
     if referer:
-        parts = urlsplit(referer.strip()[:2048])
-        if parts.scheme in ("http", "https", "android-app") and parts.hostname:
+        try:
+            parts = urlsplit(referer.strip()[:2048])
+        except ValueError:  # not a URL ("http://[::1"): as good as no referrer
+            parts = None
+        if parts is not None and parts.scheme in ("http", "https", "android-app") and parts.hostname:
             ref_host, ref_path = parts.hostname.lower(), (parts.path or "/")[:512]
     internal = {h.lower() for h in internal_hosts} | {site_host.lower()}
     if ref_host and ref_host in internal and not source:

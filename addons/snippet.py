@@ -31,6 +31,7 @@ import hashlib
 import html
 import json
 import logging
+import math
 import re
 import time
 from collections import OrderedDict
@@ -220,7 +221,18 @@ def _str(event: dict[str, Any], key: str, where: str, limit: int, required: bool
         raise BeaconError(400, f"{where}.{key}: required")
     if len(value) > limit:
         raise BeaconError(400, f"{where}.{key}: longer than {limit} characters")
+    _check_unicode(value, f"{where}.{key}")
     return value
+
+
+def _check_unicode(value: str, where: str) -> None:
+    """JSON's \\u escapes can carry half of a surrogate pair, which no store can encode: refuse
+    it here, with the field's name, rather than accept the event and lose it."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BeaconError(400, f"{where}: not valid Unicode (an unpaired surrogate escape)") from None
 
 
 def parse_beacon(body: bytes, max_bytes: int, max_events: int) -> list[dict[str, Any]]:
@@ -261,7 +273,11 @@ def parse_beacon(body: bytes, max_bytes: int, max_events: int) -> list[dict[str,
             clean["text"] = _str(ev, "text", where, 200)
         elif kind == "outbound":
             href = _str(ev, "href", where, 2048, required=True)
-            if urlsplit(href).scheme not in ("http", "https"):
+            try:
+                scheme = urlsplit(href).scheme
+            except ValueError:  # e.g. "http://[::1": a bracket never closed
+                raise BeaconError(400, f"{where}.href: not a valid URL: {href[:80]!r}") from None
+            if scheme not in ("http", "https"):
                 raise BeaconError(400, f"{where}.href: expected an http(s) URL")
             clean["href"] = href
         elif kind == "engagement":
@@ -281,6 +297,12 @@ def parse_beacon(body: bytes, max_bytes: int, max_events: int) -> list[dict[str,
                     raise BeaconError(400, f"{where}.props: key {k[:70]!r} is not 1-64 characters of A-Z a-z 0-9 _ . -")
                 if not isinstance(v, (str, int, float, bool)) or (isinstance(v, str) and len(v) > 200):
                     raise BeaconError(400, f"{where}.props.{k}: expected a string (<= 200 chars), number or boolean")
+                if isinstance(v, str):
+                    _check_unicode(v, f"{where}.props.{k}")
+                elif isinstance(v, float) and not math.isfinite(v):
+                    raise BeaconError(400, f"{where}.props.{k}: {v} is not a finite number")
+                elif isinstance(v, int) and not isinstance(v, bool) and not -(1 << 63) <= v < 1 << 63:
+                    raise BeaconError(400, f"{where}.props.{k}: {v} is outside the 64-bit integer range")
             clean["name"], clean["props"] = name, props
         out.append(clean)
     return out
@@ -375,6 +397,12 @@ class Snippet:
         except Exception as e:  # noqa: BLE001 - answer 503 and let the browser's next beacon retry
             log.warning("request %s: beacon not recorded: %s: %s", rid, type(e).__name__, e)
             return self._json(503, {"error": "events could not be stored; try again later"}, rid)
+        errors = getattr(result, "errors", None) or []
+        if errors:  # parse_beacon's checks should make this rare: say so rather than drop quietly
+            first = errors[0][1] if isinstance(errors[0], tuple) else str(errors[0])
+            log.warning("request %s: the store refused %d beacon event(s): %s", rid, len(errors), first)
+            return self._json(202, {"accepted": getattr(result, "accepted", 0), "rejected": len(errors),
+                                    "error": first}, rid)
         return self._json(202, {"accepted": getattr(result, "accepted", len(records))}, rid)
 
     def build_events(self, events: list[dict[str, Any]], visit: Visit, site: str, ua_text: str,

@@ -70,6 +70,30 @@ def test_bundle_calls_parts_in_order_and_awaits_a_returned_coroutine():
     assert Bundle("b", [Sync()]).response("f") is None  # no part has the hook
 
 
+def test_a_part_that_raises_is_logged_and_the_next_part_still_runs(caplog):
+    calls = []
+
+    class Broken:
+        def request(self, flow):
+            raise ValueError("Invalid IPv6 URL")
+
+    class BrokenLater:
+        def request(self, flow):
+            async def later():
+                raise RuntimeError("later")
+            return later()
+
+    class Closes:  # as Endpoints closes the reserved prefix after the endpoints before it
+        def request(self, flow):
+            calls.append(flow)
+
+    with caplog.at_level("ERROR", logger="portico.bundle"):
+        assert Bundle("b", [Broken(), Closes()]).request("f1") is None
+        asyncio.run(Bundle("b", [BrokenLater(), Broken(), Closes()]).request("f2"))
+    assert calls == ["f1", "f2"]
+    assert caplog.text.count("addon error in") == 3 and "Broken.request" in caplog.text
+
+
 def test_bundle_refuses_a_part_with_a_hook_it_would_drop():
     class Connects:
         def server_connect(self, data):

@@ -194,11 +194,26 @@ def test_beacon_batch_is_durable_when_202_is_answered(env):
     ({"events": [{"type": "user.joined", "url": "/"}]}, 400, "events[0].type"),
     ({"events": [{"type": "pageview", "url": "/"}] * 11}, 413, "exceed the limit of 10"),
     (b'{"events":[{"type":"pageview","url":"/' + b"x" * 5000 + b'"}]}', 413, "exceeds the limit"),
+    # found by a review: these reached the upstream (a ValueError) or were answered 202 and dropped
+    ({"events": [{"type": "outbound", "url": "/x", "href": "http://[::1"}]}, 400, "events[0].href: not a valid URL"),
+    ({"events": [{"type": "custom", "url": "/", "name": "n", "props": {"v": float("nan")}}]}, 400, "not a finite"),
+    ({"events": [{"type": "custom", "url": "/", "name": "n", "props": {"v": 2**64}}]}, 400, "64-bit integer"),
+    ({"events": [{"type": "pageview", "url": "/\ud800"}]}, 400, "events[0].url: not valid Unicode"),
+    ({"events": [{"type": "custom", "url": "/", "name": "n", "props": {"v": "\udfff"}}]}, 400, "props.v: not valid"),
 ])
 def test_malformed_and_oversized_beacons(env, payload, status, text):
     gw, *_ = env
     got, _, body = _beacon(gw, payload)
     assert got == status and text in json.loads(body)["error"]
+
+
+def test_a_beacon_with_an_unparsable_referrer_is_recorded_as_direct(env):
+    gw, *_ = env
+    status, _, body = _beacon(gw, {"events": [{"type": "pageview", "url": "/badref", "ref": "http://[::1"}]},
+                              CHROME + " badref")
+    assert status == 202 and json.loads(body)["accepted"] == 1
+    pv = events(store(gw), "pageview", wait_for=1, where=lambda e: e.attrs.get("path") == "/badref")
+    assert pv and pv[0].attrs["ref_class"] == "direct"
 
 
 def test_beacon_rate_limit_per_visitor_and_gpc(env):

@@ -52,6 +52,7 @@ CHROME = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko
     ("", {"ref": "producthunt.com"}, "external", "producthunt.com", ""),
     ("", {"utm_source": "google", "utm_medium": "cpc"}, "search", "google", ""),
     ("not a url", {}, "direct", "", ""),
+    ("http://[::1", {}, "direct", "", ""),  # urlsplit raises: no referrer, not a lost event
 ])
 def test_referrer_classification_table(referer, params, cls, host, path):
     ref = classify(referer, params, "www.example.org", ["intranet.example.org"])
@@ -352,6 +353,17 @@ def test_access_log_file_rotates_by_size_and_logs_each_flow_once(tmp_path):
 def _tracking(sink, tmp_path, **kw):
     settings = TrackingSettings(secret=SECRET, query_allowlist=frozenset({"page"}), **kw)
     return Tracking(settings, Recorder(sink), Visitors(Salts(tmp_path)))
+
+
+def test_an_unparsable_referer_header_still_gives_the_request_event(sink, tmp_path):
+    from addons.accesslog import referrer_without_query
+
+    tracking = _tracking(sink, tmp_path, bot_follow_timeout=0.0)
+    tracking.response(make_flow("/badref", headers={"user-agent": CHROME, "referer": "http://[::1"}))
+    tracking.flush_pending(force=True)
+    (event,) = sink.of("request")
+    assert event.attrs["path"] == "/badref" and event.attrs["ref_class"] == "direct"
+    assert referrer_without_query("http://[::1") == "-"  # the access log's view of it
 
 
 def test_request_event_fields_and_no_raw_address(sink, tmp_path):

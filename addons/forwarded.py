@@ -18,7 +18,9 @@ Metadata written: REQUEST_ID, CLIENT_IP, LISTENER, ORIGINAL_HOST, ORIGINAL_PATH,
 - A header value folded over several lines (obs-fold) or holding a CR or LF is joined with
   one space (RFC 9112 §5.2): forwarded as received, an upstream could read the continuation
   line as a header of its own.
-- Bodies announced larger than `max_request_body` are refused with 413 before they are read.
+- Bodies announced larger than `max_request_body` are refused with 413 before they are read
+  (addons/errorpage.py `refuse_unread`: the connection is closed after the answer); chunked
+  bodies are refused once what was read exceeds it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import RegularMode
 
 from addons import metadata
+from addons.errorpage import refuse_unread
 from addons.headerscan import names, scan_headers
 from addons.pages import error_response, wants_json
 
@@ -223,6 +226,7 @@ class Forwarded:
                 f"The request body ({length} bytes) exceeds this gateway's limit of "
                 f"{self.settings.max_request_body} bytes.",
                 request_id, json_body=wants_json(request))
+            refuse_unread(flow)  # answered now and the connection closed: the body is never read
 
     def request(self, flow: http.HTTPFlow) -> None:
         # Chunked bodies have no Content-Length: check what was actually read.

@@ -164,6 +164,28 @@ def test_oversized_body_is_refused_before_upstream(upstreams):
         assert data["body"] == "y" * 500
 
 
+def _declare_and_wait(gw, length: bytes) -> bytes:
+    """POST announcing `length` bytes, send 3 of them, read what comes back until the gateway
+    closes (a gateway that waits for the rest of the body makes recv time out: an error)."""
+    port = int(gw.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\nabc")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data
+
+
+@pytest.mark.parametrize("length", [b"5000", b"20000000", b"99999999999"])
+def test_an_announced_oversized_body_is_answered_413_at_once_without_reading_it(upstreams, length):
+    # 20 MB and more is past mitmproxy's stream_large_bodies (8 MB): a 413 set as the flow's
+    # response used to crash the connection there, and the client waited for nothing
+    with GatewayThread(config_for(upstreams, "max_request_body: 1KB")) as gw:
+        data = _declare_and_wait(gw, length)  # the 3 bytes sent are all it ever gets
+        assert data.startswith(b"HTTP/1.1 413") and b"Request id" in data and b"Connection: close" in data
+        assert echo(gw, "/after", method="POST", body=b"y" * 500)[0]["body"] == "y" * 500
+
+
 def test_early_hints_then_final_response_reaches_client():
     raw = (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 11\r\nConnection: close\r\n\r\n"

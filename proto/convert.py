@@ -103,7 +103,14 @@ def _time_range(msg: Any) -> tuple[datetime, datetime]:
     for name in ("start", "end"):
         if not msg.HasField(name):
             raise InvalidRequest(name, "required (a timestamp)")
-    start, end = timestamp_to_datetime(msg.start), timestamp_to_datetime(msg.end)
+    try:
+        start = timestamp_to_datetime(msg.start)
+    except (OverflowError, ValueError, OSError):
+        raise InvalidRequest("start", f"{msg.start.seconds} s is outside years 1 to 9999") from None
+    try:
+        end = timestamp_to_datetime(msg.end)
+    except (OverflowError, ValueError, OSError):
+        raise InvalidRequest("end", f"{msg.end.seconds} s is outside years 1 to 9999") from None
     if start >= end:
         raise InvalidRequest("end", f"{end.isoformat()} is not after start {start.isoformat()}")
     return start, end
@@ -353,7 +360,10 @@ def funnel_query_from_pb(msg: pb.FunnelRequest) -> Any:
         steps.append(FunnelStep(type=step.type, filters=filters_from_pb(step.filters, f"steps[{i}].filters")))
     if not msg.HasField("within"):
         raise InvalidRequest("within", "required (a duration > 0)")
-    within = msg.within.ToTimedelta()
+    try:
+        within = msg.within.ToTimedelta()
+    except OverflowError:
+        raise InvalidRequest("within", f"{msg.within.seconds} s is longer than any time range") from None
     if within <= timedelta(0):
         raise InvalidRequest("within", f"must be > 0, got {within}")
     return FunnelQuery(start=start, end=end, steps=tuple(steps), within=within, by=msg.by or "user")

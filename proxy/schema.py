@@ -152,6 +152,8 @@ def build(cls: type, data: Any, key: str = "") -> Any:
                 check(value)
         except ValueError as e:
             fail(where, raw, str(e))
+        except OverflowError:  # '99999999999d', .inf, a size of 300 digits: nothing holds it
+            fail(where, raw, f"a value within range ({_describe_parser(parse)})")
         kwargs[name] = value
     try:
         obj = cls(**kwargs)
@@ -235,6 +237,13 @@ def _parsed(parse: typing.Callable[[Any], Any], raw: Any, key: str) -> Any:
         return parse(raw)
     except ValueError as e:
         fail(key, raw, str(e))
+    except OverflowError:  # '99999999999d', '.inf', 10**20 seconds: no timedelta or int holds it
+        fail(key, raw, f"a value within range ({_describe_parser(parse)})")
+
+
+def _describe_parser(parse: typing.Callable[[Any], Any]) -> str:
+    return {parse_duration: "a duration shorter than 999999999 days, like '30s' or '90d'",
+            parse_size: "a size like '512MB' or '2GiB'"}.get(parse, "see the configuration reference")
 
 
 def _describe(hint: Any) -> str:

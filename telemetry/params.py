@@ -49,8 +49,11 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         return now
     m = re.fullmatch(r"([+-])(\d+)([smhdw])", s)
     if m:
-        delta = timedelta(seconds=int(m.group(2)) * _UNITS[m.group(3)])
-        return now - delta if m.group(1) == "-" else now + delta
+        try:
+            delta = timedelta(seconds=int(m.group(2)) * _UNITS[m.group(3)])
+            return now - delta if m.group(1) == "-" else now + delta
+        except OverflowError:
+            raise ValueError(f"time {text!r}: out of range (years 1 to 9999)") from None
     try:
         dt = datetime.fromisoformat(s[:-1] + "+00:00" if s[-1:] in "zZ" and s else s)
     except ValueError:
@@ -68,7 +71,10 @@ def parse_duration(text: str) -> timedelta:
     parts = re.findall(r"(\d+)([smhdw])", text)
     if not parts or "".join(n + u for n, u in parts) != text.strip() or all(int(n) == 0 for n, _ in parts):
         raise ValueError(f"duration {text!r}: expected a positive duration like 30m, 2h, 7d, 1w, 1h30m")
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    try:
+        return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    except OverflowError:
+        raise ValueError(f"duration {text!r}: too long (at most 999999999 days)") from None
 
 
 # ---- geography ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -323,10 +323,17 @@ def zone(tz: str) -> ZoneInfo:
                                "Asia/Kathmandu)") from None
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)  # events are keyed by microseconds since 1970
+LATEST = datetime(9999, 1, 1, tzinfo=timezone.utc)    # room for a last month's bucket before year 10000
+
+
 def check_range(start: Any, end: Any) -> None:
     for name, v in (("start", start), ("end", end)):
         if not isinstance(v, datetime) or v.tzinfo is None:
             raise QueryError(name, f"expected an aware datetime, got {v!r}")
+        if not EARLIEST <= v <= LATEST:
+            raise QueryError(name, f"{v.isoformat()} is outside the times the store can hold "
+                                   f"({EARLIEST.date()} to {LATEST.date()})")
     if not start < end:
         raise QueryError("end", f"end {end.isoformat()} must be after start {start.isoformat()}")
 

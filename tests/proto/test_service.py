@@ -223,6 +223,34 @@ def test_funnel_errors(stub, mutate, message):
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.details()
 
 
+def _seconds(value: int):
+    from google.protobuf.timestamp_pb2 import Timestamp
+    return Timestamp(seconds=value)
+
+
+BEFORE_1970 = ts(datetime(1969, 12, 1, tzinfo=timezone.utc))
+YEAR_9999 = ts(datetime(9999, 12, 31, tzinfo=timezone.utc))
+
+
+@pytest.mark.parametrize("call, make, message", [
+    # once INTERNAL ("int too large to convert", "year 10000 is out of range", an OverflowError)
+    ("ListEvents", lambda: pb.ListEventsRequest(start=BEFORE_1970, end=ts(END)), "start: 1969-12-01"),
+    ("Query", lambda: pb.QueryRequest(start=ts(START), end=YEAR_9999, metric="count"), "end: 9999-12-31"),
+    ("Query", lambda: pb.QueryRequest(start=_seconds(-10**12), end=ts(END), metric="count"),
+     "start: -1000000000000 s is outside years 1 to 9999"),
+    ("Funnel", lambda: _long_funnel(), "within: "),
+])
+def test_times_out_of_the_stores_range_are_invalid_arguments(stub, call, make, message):
+    err = rpc_error(getattr(stub, call), make())
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.details(), err.details()
+
+
+def _long_funnel():
+    request = pb.FunnelRequest(start=ts(START), end=ts(END), steps=[pb.FunnelStep(type="visit")])
+    request.within.seconds = 2**62
+    return request
+
+
 # ---- Export and Stats -------------------------------------------------------------------------
 
 def _export(stub, request) -> tuple[list[list[str]], list[pb.ExportChunk]]:

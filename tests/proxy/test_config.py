@@ -63,6 +63,11 @@ def test_empty_file_gives_defaults():
         ("trusted_proxies: 10.0.0.0/8", "trusted_proxies: expected a list"),
         ("shutdown_grace: soon", "shutdown_grace: expected a duration like '30s', '15m', '90d', got 'soon'"),
         ("max_request_body: big", "max_request_body: expected a size like '512MB'"),
+        # too big for a timedelta or an int: once a traceback, exit 1
+        ("shutdown_grace: 99999999999d", "shutdown_grace: expected a value within range (a duration shorter"),
+        ("shutdown_grace: .inf", "shutdown_grace: expected a value within range"),
+        ("telemetry: {retention: {request: 999999999999d}}", "telemetry.retention.request: expected a value within"),
+        ("max_request_body: " + "9" * 330 + "TB", "max_request_body: expected a value within range (a size"),
         ("grpc: {listen: nowhere}", "grpc.listen: expected an address"),
         ("logging: {format: xml}", "logging.format: expected one of 'text', 'json', got 'xml'"),
         ("- a list", "(top level): expected a mapping"),

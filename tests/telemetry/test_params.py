@@ -19,6 +19,13 @@ def test_relative_and_absolute_times():
         params.parse_time("soon", NOW)
 
 
+def test_times_and_durations_too_large_for_python_are_value_errors():
+    with pytest.raises(ValueError, match="out of range"):
+        params.parse_time("-99999999d", NOW)
+    with pytest.raises(ValueError, match="too long"):
+        params.parse_duration("99999999999d")
+
+
 def test_durations_must_be_positive():
     assert params.parse_duration("1h30m") == timedelta(minutes=90)
     with pytest.raises(ValueError, match="^duration '0d': expected a positive duration"):

@@ -311,13 +311,21 @@ class GoalConfig:
             raise ValueError(f"path: expected a path starting with '/', got {self.path!r}")
 
 
+def _at_least(low: int, what: str) -> Any:
+    def check(value: int) -> None:
+        if value < low:
+            raise ValueError(f"{what} of at least {low}")
+    return check
+
+
 @dataclass(frozen=True)
 class BeaconConfig:
-    """Limits of the snippet's beacon endpoint."""
+    """Limits of the snippet's beacon endpoint (a zero or negative one would refuse every beacon)."""
 
-    max_bytes: int = field(default=16 * 1024, metadata={"parse": parse_size})
-    max_events: int = 50
-    rate_per_minute: int = 120
+    max_bytes: int = field(default=16 * 1024, metadata={"parse": parse_size,
+                                                        "check": _at_least(256, "a size (bytes)")})
+    max_events: int = field(default=50, metadata={"check": _at_least(1, "a number of events")})
+    rate_per_minute: int = field(default=120, metadata={"check": _at_least(1, "a number of events a minute")})
 
 
 def _check_prefix(bits: int) -> Any:

@@ -497,6 +497,8 @@ def test_store_failure_never_breaks_a_request(tmp_path, caplog):
     ("tracking: {click_selectors: ['a\"b']}", "tracking.click_selectors[0]"),
     ("tracking: {secret_file: /a, secret_env: B}", "tracking.secret_file, secret_env"),
     ("tracking: {attribution_window: forever}", "tracking.attribution_window: expected a duration"),
+    ("tracking: {beacon: {max_bytes: 0}}", "tracking.beacon.max_bytes: expected a size (bytes) of at least 256"),
+    ("tracking: {beacon: {rate_per_minute: -3}}", "tracking.beacon.rate_per_minute: expected a number of events a"),
 ])
 def test_tracking_config_errors_name_the_key(text, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -23,7 +23,7 @@ from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
-from addons import metadata
+from addons import metadata, refusals
 from addons.pages import error_page_body
 
 log = logging.getLogger("portico.errorpage")
@@ -46,31 +46,9 @@ def render_error(status: int, message: str, request_id: str | None) -> bytes:
     return _http1.http1.assemble_response(http.Response.make(status, body, headers))
 
 
-_REFUSALS: dict[int, bytes] = {}  # id(request) -> the raw answer to send in place of closing silently
-_MAX_REFUSALS = 1000
-
-
-def refuse_unread(flow: http.HTTPFlow) -> None:
-    """Answer `flow.response` at once and close the connection, without reading the body.
-
-    For a `requestheaders` hook that refuses a body it has not read (Forwarded's 413): set
-    as the flow's response, mitmproxy would read the whole body first, or, for a body it has
-    decided to stream (`stream_large_bodies`), crash the connection ("Can't set a response
-    and enable streaming at the same time"). So the flow is killed, which makes mitmproxy
-    close the connection with no answer, and ErrorPage sends this one just before.
-    """
-    assert flow.response is not None
-    if ErrorPage._original is not None:  # loaded: its `send` will find the answer
-        if len(_REFUSALS) >= _MAX_REFUSALS:
-            _REFUSALS.clear()
-        flow.response.headers["Connection"] = "close"
-        _REFUSALS[id(flow.request)] = _http1.http1.assemble_response(flow.response)
-    flow.kill()
-
-
 class ErrorPage:
     """Replaces mitmproxy's protocol-error page on HTTP/1 client connections (and sends the
-    answers `refuse_unread` left for killed flows)."""
+    answers addons/refusals.py `refuse_unread` left for killed flows)."""
 
     _original: Callable[..., Generator[Any, Any, None]] | None = None
 
@@ -79,15 +57,16 @@ class ErrorPage:
             return
         original = _http1.Http1Server.send
         ErrorPage._original = original
+        refusals.sender_installed(True)
 
         def send(self: _http1.Http1Server, event: Any) -> Generator[Any, Any, None]:
             if (
                 isinstance(event, ResponseProtocolError)
                 and event.code == status_codes.NO_RESPONSE
                 and self.request is not None
-                and _REFUSALS
+                and refusals.waiting()
             ):
-                raw = _REFUSALS.pop(id(self.request), None)
+                raw = refusals.take(self.request)
                 if raw is not None and self.conn.state & _http1.ConnectionState.CAN_WRITE:
                     yield commands.SendData(self.conn, raw)
                     yield commands.CloseConnection(self.conn)
@@ -110,6 +89,7 @@ class ErrorPage:
         if ErrorPage._original is not None:
             _http1.Http1Server.send = ErrorPage._original  # type: ignore[method-assign]
             ErrorPage._original = None
+            refusals.sender_installed(False)
 
     def error(self, flow: http.HTTPFlow) -> None:
         log.warning(

@@ -19,7 +19,7 @@ Metadata written: REQUEST_ID, CLIENT_IP, LISTENER, ORIGINAL_HOST, ORIGINAL_PATH,
   one space (RFC 9112 §5.2): forwarded as received, an upstream could read the continuation
   line as a header of its own.
 - Bodies announced larger than `max_request_body` are refused with 413 before they are read
-  (addons/errorpage.py `refuse_unread`: the connection is closed after the answer); chunked
+  (addons/refusals.py: the connection is closed after the answer); chunked
   bodies are refused once what was read exceeds it.
 """
 
@@ -37,7 +37,7 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import RegularMode
 
 from addons import metadata
-from addons.errorpage import refuse_unread
+from addons.refusals import refuse_unread
 from addons.headerscan import names, scan_headers
 from addons.pages import error_response, wants_json
 

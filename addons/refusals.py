@@ -1,0 +1,48 @@
+"""Refuse a request before its body is read: answer, then close the connection.
+
+Not an addon: a helper Forwarded (which refuses) and ErrorPage (which sends) share, so
+neither imports the other.
+
+Why: a `requestheaders` hook that sets a response makes mitmproxy read the whole body
+first, and for a body it has decided to stream (`stream_large_bodies`) crash the
+connection ("Can't set a response and enable streaming at the same time"). So the flow is
+killed, which makes mitmproxy close the connection with no answer, and ErrorPage's wrapper
+of mitmproxy's HTTP/1 `send` writes the answer left here just before.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+from mitmproxy.proxy.layers.http import _http1
+
+_answers: dict[int, bytes] = {}  # id(request) -> the raw answer to send in place of closing silently
+_MAX_WAITING = 1000
+_sender = False  # ErrorPage is loaded: someone will take the answers
+
+
+def sender_installed(installed: bool) -> None:
+    global _sender
+    _sender = installed
+    if not installed:
+        _answers.clear()
+
+
+def refuse_unread(flow: http.HTTPFlow) -> None:
+    """Answer `flow.response` at once and close the connection, without reading the body
+    (without ErrorPage loaded: close it with no answer)."""
+    assert flow.response is not None
+    if _sender:
+        if len(_answers) >= _MAX_WAITING:  # never taken (a connection gone first): don't grow
+            _answers.clear()
+        flow.response.headers["Connection"] = "close"
+        _answers[id(flow.request)] = _http1.http1.assemble_response(flow.response)
+    flow.kill()
+
+
+def waiting() -> bool:
+    return bool(_answers)
+
+
+def take(request: http.Request) -> bytes | None:
+    """The answer left for this request, once."""
+    return _answers.pop(id(request), None)

@@ -376,6 +376,8 @@ class Cache:
             state.outcome, state.fwd = "expired", "request" if by_request else "stale"
             self._strip_client_conditionals(flow, state)
             return
+        running = self._refreshing.get(state.url)
+        joined = running is not None and not running.done()  # another request's revalidation
         task = self._refresh(flow, state, entry, background=False)
         try:
             result = await task
@@ -398,6 +400,10 @@ class Cache:
             if result.status >= 500 and sie:
                 self._serve(flow, state, entry, age, reuse.ttl, "stale", detail="stale-if-error",
                             fwd="stale", fwd_status=result.status, hit=True)
+                return
+            if joined:  # the answer to someone else's request (a user's page, perhaps): not ours to send
+                state.outcome, state.fwd, state.may_store = "expired", "stale", True
+                self._strip_client_conditionals(flow, state)
                 return
             state.outcome, state.fwd, state.served = "expired", "stale", True
             flow.response = self._response(result.status, result.reason, P.stored_fields(result.headers,

@@ -9,6 +9,7 @@ not store the upstream's answer for everyone.
 from __future__ import annotations
 
 import base64
+import threading
 import time
 
 import pytest
@@ -56,7 +57,8 @@ def test_a_signed_in_user_is_not_served_a_private_entry_and_their_page_is_not_st
 
 
 def test_a_background_refresh_for_a_user_never_replaces_the_shared_entry(rig):
-    rig.upstream.script["/p"] = personal("public, max-age=1, stale-while-revalidate=60", "max-age=300")
+    # the user's page says public too: only the refresh's own rule keeps it out of the cache
+    rig.upstream.script["/p"] = personal("public, max-age=1, stale-while-revalidate=60", "public, max-age=300")
     assert rig.get("/p")[2] == b"hello anonymous"
     rig.clock.advance(5)  # stale, within stale-while-revalidate
     status, headers, body = rig.get("/p", ERIN)  # public: the stale shared page, refreshed behind
@@ -64,6 +66,22 @@ def test_a_background_refresh_for_a_user_never_replaces_the_shared_entry(rig):
     settle(rig, "/p", 2)
     assert rig.upstream.seen[-1].headers.get("remote-user") == "erin"  # the refresh went as erin
     assert rig.get("/p")[2] == b"hello anonymous"  # erin's page was not stored for everyone
+
+
+def test_a_request_that_joins_a_users_revalidation_is_not_sent_the_users_page(rig):
+    rig.upstream.script["/p"] = personal("public, max-age=1", "public, max-age=300")
+    assert rig.get("/p")[2] == b"hello anonymous"
+    rig.clock.advance(5)  # stale: the next request revalidates (If-None-Match), the others join it
+    rig.upstream.delay = 1.0
+    erin: list[bytes] = []
+    thread = threading.Thread(target=lambda: erin.append(rig.get("/p", ERIN)[2]))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while rig.upstream.count("/p") < 2 and time.monotonic() < deadline:  # erin's revalidation is upstream
+        time.sleep(0.01)
+    status, headers, body = rig.get("/p")  # joins it, then goes upstream on its own
+    thread.join(10)
+    assert erin == [b"hello erin"] and body == b"hello anonymous"
 
 
 def test_a_users_hit_on_a_public_entry_keeps_it_stored(rig):

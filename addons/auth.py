@@ -55,6 +55,7 @@ from mitmproxy.proxy.mode_specs import RegularMode
 from addons import metadata
 from addons.accounts import AccountLedger, AccountMapping
 from addons.pages import SERVER_HEADER, error_response, wants_json
+from addons.headerscan import IDENTITY_HEADERS
 from addons.recorder import Recorder
 from auth.cache import CredentialCache
 from auth.errors import (Banned, DirectoryUnavailable, InvalidCredentials, RegulationStoreError,
@@ -166,6 +167,8 @@ class Auth:
         self._cookie_prefix = settings.cookie_name.encode() + b"="
         self._header_names = frozenset(n.lower().replace("_", "-").encode() for n in (
             settings.header_user, settings.header_groups, settings.header_email, settings.header_name))
+        # the configured names Forwarded does not already strip from every request
+        self._unusual_header_names = self._header_names - {h.encode() for h in IDENTITY_HEADERS}
         self._header_pairs: dict[Identity, tuple[tuple[bytes, bytes], ...]] = {}
         self._verified: dict[str, Session] = {}  # token -> verified session (signature checked)
         # backends without their own credential cache (users.yaml: scrypt costs ~0.1 s) get
@@ -332,8 +335,10 @@ class Auth:
         """Drop client-sent copies of the identity headers Portico sets (their configured names,
         which Forwarded's fixed list may not know; `_` spellings too): an anonymous request
         must not reach the upstream claiming to be someone."""
+        if not self._unusual_header_names:
+            return
         fields = flow.request.headers.fields
-        kept = tuple(f for f in fields if f[0].lower().replace(b"_", b"-") not in self._header_names)
+        kept = tuple(f for f in fields if f[0].lower().replace(b"_", b"-") not in self._unusual_header_names)
         if len(kept) != len(fields):
             flow.request.headers.fields = kept
             log.info("request %s: removed client-supplied identity headers", flow.metadata.get(metadata.REQUEST_ID))

@@ -52,6 +52,8 @@ FORWARDED = ("request", "response", "error", "running", "done")
 DEFERRED = ("response", "error")
 
 log = logging.getLogger("portico.bundle")
+# what mitmproxy's own hook calls pass on instead of logging (a halt, a bad option): so does the bundle
+_PASSED_ON = (exceptions.AddonHalt, exceptions.OptionsError)
 
 
 class BundleError(ValueError):
@@ -168,6 +170,8 @@ class Bundle:
         for i, func in enumerate(funcs):
             try:
                 result = func(*args)
+            except _PASSED_ON:
+                raise
             except Exception:  # noqa: BLE001 - logged like mitmproxy's "Addon error"
                 _log_part_error(func)
                 continue
@@ -180,6 +184,8 @@ class Bundle:
                       pending_func: Callable[..., Any]) -> None:
         try:
             await pending
+        except _PASSED_ON:
+            raise
         except Exception:  # noqa: BLE001
             _log_part_error(pending_func)
         for func in rest:
@@ -187,6 +193,8 @@ class Bundle:
                 result = func(*args)
                 if result is not None and inspect.isawaitable(result):
                     await result
+            except _PASSED_ON:
+                raise
             except Exception:  # noqa: BLE001
                 _log_part_error(func)
 

@@ -38,22 +38,12 @@ from mitmproxy.proxy.mode_specs import RegularMode
 
 from addons import metadata
 from addons.refusals import refuse_unread
-from addons.headerscan import names, scan_headers
+from addons.headerscan import IDENTITY_HEADERS, names, scan_headers
 from addons.pages import error_response, wants_json
 
 log = logging.getLogger("portico.forwarded")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-IDENTITY_HEADERS = (
-    "remote-user", "remote-groups", "remote-name", "remote-email",
-    "x-remote-user", "x-remote-groups",
-    "x-forwarded-user", "x-forwarded-groups", "x-forwarded-email", "x-forwarded-preferred-username",
-    "x-auth-request-user", "x-auth-request-email", "x-auth-request-groups",
-    "x-auth-request-preferred-username", "x-authenticated-user", "x-user", "x-portico-user",
-    "x-portico-groups",
-)
-"""Headers upstream modules may trust as "who is this": never accepted from clients."""
 
 UNKEYED_OVERRIDE_HEADERS = ("x-original-url", "x-rewrite-url", "x-http-method-override",
                             "x-http-method", "x-method-override")
@@ -78,10 +68,8 @@ def clean_fields(fields: HeaderFields) -> tuple[HeaderFields, list[str], list[st
     value with CR or LF in it (mitmproxy keeps an obs-fold as CRLF + space) gets one space
     in place of each line break.
     """
-    for name, value in fields:
-        if b"_" in name or b"\r" in value or b"\n" in value:
-            break
-    else:
+    names, values = b"".join([f[0] for f in fields]), b"".join([f[1] for f in fields])  # 1.8 us, not 5.6 a loop
+    if b"_" not in names and b"\r" not in values and b"\n" not in values:
         return None
     kept: list[tuple[bytes, bytes]] = []
     dropped: list[str] = []

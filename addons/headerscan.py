@@ -1,6 +1,7 @@
 """Read several headers of a mitmproxy message in one pass.
 
-Not an addon: a helper for the tracking addons, which run on every response.
+Not an addon: a helper for the tracking addons, which run on every response; it also
+holds the identity header names Forwarded and Auth both need.
 
 Why: `Headers.get(name)` goes through `Mapping.get` -> `__getitem__` -> `get_all`, which
 lower-cases and compares every field for every lookup (~2-4 us each in py-spy). The
@@ -12,6 +13,18 @@ surrogateescape) and repeated fields are folded with ", " as `Headers.get` folds
 from __future__ import annotations
 
 from mitmproxy.http import Headers
+
+IDENTITY_HEADERS = (
+    "remote-user", "remote-groups", "remote-name", "remote-email",
+    "x-remote-user", "x-remote-groups",
+    "x-forwarded-user", "x-forwarded-groups", "x-forwarded-email", "x-forwarded-preferred-username",
+    "x-auth-request-user", "x-auth-request-email", "x-auth-request-groups",
+    "x-auth-request-preferred-username", "x-authenticated-user", "x-user", "x-portico-user",
+    "x-portico-groups",
+)
+"""Headers upstream modules may trust as "who is this": never accepted from clients
+(Forwarded strips them from every request; Auth strips the names configured in
+`auth.headers` that are not among them)."""
 
 
 def scan_headers(headers: Headers, wanted: frozenset[bytes]) -> dict[bytes, str]:

@@ -12,11 +12,13 @@ of mitmproxy's HTTP/1 `send` writes the answer left here just before.
 
 from __future__ import annotations
 
+import weakref
+
 from mitmproxy import http
 from mitmproxy.proxy.layers.http import _http1
 
-_answers: dict[int, bytes] = {}  # id(request) -> the raw answer to send in place of closing silently
-_MAX_WAITING = 1000
+# request -> the raw answer to send in place of closing silently (gone with the request)
+_answers: weakref.WeakKeyDictionary[http.Request, bytes] = weakref.WeakKeyDictionary()
 _sender = False  # ErrorPage is loaded: someone will take the answers
 
 
@@ -28,14 +30,16 @@ def sender_installed(installed: bool) -> None:
 
 
 def refuse_unread(flow: http.HTTPFlow) -> None:
-    """Answer `flow.response` at once and close the connection, without reading the body
-    (without ErrorPage loaded: close it with no answer)."""
+    """Answer `flow.response` at once and close the connection, without reading the body.
+
+    Only over HTTP/1 with ErrorPage loaded (it wraps the HTTP/1 server's `send`); otherwise
+    the response stays set as it is, and mitmproxy sends it once the body has been read.
+    """
     assert flow.response is not None
-    if _sender:
-        if len(_answers) >= _MAX_WAITING:  # never taken (a connection gone first): don't grow
-            _answers.clear()
-        flow.response.headers["Connection"] = "close"
-        _answers[id(flow.request)] = _http1.http1.assemble_response(flow.response)
+    if not _sender or not flow.request.http_version.startswith("HTTP/1"):
+        return
+    flow.response.headers["Connection"] = "close"
+    _answers[flow.request] = _http1.http1.assemble_response(flow.response)
     flow.kill()
 
 
@@ -45,4 +49,4 @@ def waiting() -> bool:
 
 def take(request: http.Request) -> bytes | None:
     """The answer left for this request, once."""
-    return _answers.pop(id(request), None)
+    return _answers.pop(request, None)

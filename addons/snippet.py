@@ -59,7 +59,7 @@ log = logging.getLogger("portico.snippet")
 SCRIPT = (Path(__file__).parent / "static" / "portico.js").read_bytes()
 BEACON_TYPES = ("pageview", "click", "outbound", "engagement", "custom")
 _NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
-_PROP_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PROP_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # no '.': the store reads it as a map member
 _HEAD_END = re.compile(rb"</head\s*>", re.IGNORECASE)
 _BODY_END = re.compile(rb"</body\s*>", re.IGNORECASE)
 _INJECTED = re.compile(rb"data-portico[\s>]")
@@ -294,7 +294,7 @@ def parse_beacon(body: bytes, max_bytes: int, max_events: int) -> list[dict[str,
                 raise BeaconError(400, f"{where}.props: expected an object with at most 20 keys")
             for k, v in props.items():
                 if not _PROP_KEY.match(k):
-                    raise BeaconError(400, f"{where}.props: key {k[:70]!r} is not 1-64 characters of A-Z a-z 0-9 _ . -")
+                    raise BeaconError(400, f"{where}.props: key {k[:70]!r} is not 1-64 characters of A-Z a-z 0-9 _ -")
                 if not isinstance(v, (str, int, float, bool)) or (isinstance(v, str) and len(v) > 200):
                     raise BeaconError(400, f"{where}.props.{k}: expected a string (<= 200 chars), number or boolean")
                 if isinstance(v, str):

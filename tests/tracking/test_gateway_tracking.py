@@ -200,6 +200,7 @@ def test_beacon_batch_is_durable_when_202_is_answered(env):
     ({"events": [{"type": "custom", "url": "/", "name": "n", "props": {"v": 2**64}}]}, 400, "64-bit integer"),
     ({"events": [{"type": "pageview", "url": "/\ud800"}]}, 400, "events[0].url: not valid Unicode"),
     ({"events": [{"type": "custom", "url": "/", "name": "n", "props": {"v": "\udfff"}}]}, 400, "props.v: not valid"),
+    ({"events": [{"type": "custom", "url": "/", "name": "n", "props": {"a.b": 1}}]}, 400, "key 'a.b' is not"),
 ])
 def test_malformed_and_oversized_beacons(env, payload, status, text):
     gw, *_ = env

@@ -32,7 +32,7 @@ from mitmproxy.proxy.mode_specs import RegularMode
 from addons import metadata
 from addons.pages import SERVER_HEADER, error_response, wants_json
 from addons.recorder import Recorder
-from auth.access import AccessControl, Decision, RequestInfo, Subject, decide, normalize_path
+from auth.access import AccessControl, Decision, RequestInfo, Subject, decide, normalize_path, unclear_path
 
 log = logging.getLogger("portico.acl")
 
@@ -131,6 +131,14 @@ class Acl:
         else:
             host = flow.metadata.get(metadata.ORIGINAL_HOST) or req.pretty_host
             path = flow.metadata.get(metadata.ORIGINAL_PATH) or req.path
+            unclear = unclear_path(path)
+            if unclear is not None:  # a backslash, a control character: no reading of it is safe to judge
+                rid = flow.metadata.get(metadata.REQUEST_ID)
+                log.info("request %s: %s %s refused: %s", rid, req.method, path.split("?", 1)[0][:200], unclear)
+                flow.metadata[metadata.BLOCKED_BY] = "acl:unclear-path"
+                flow.response = error_response(400, "Bad request", f"This address can't be checked against the "
+                                               f"access rules: {unclear}.", rid, json_body=wants_json(req))
+                return
         ip = flow.metadata.get(metadata.CLIENT_IP)
         if ip is None and flow.client_conn.peername:
             ip = flow.client_conn.peername[0]

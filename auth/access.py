@@ -22,14 +22,23 @@ matched from the start of the normalised path, query excluded), `path_prefixes`,
 a rule with a subject gets `login` (the rule may apply once we know who it is), as in
 Authelia. No rule matches -> `default_policy` (deny unless configured otherwise).
 
-Outcomes: `allow`, `login` (401/redirect to the login page), `deny` (403). Paths are
-normalised before matching (percent-encoded unreserved characters decoded, dot segments
-removed, repeated slashes collapsed, `%2F` read as `/`), so `/public/%2e%2e/admin` is judged as `/admin`;
-the gateway should forward the same normalised path.
+Outcomes: `allow`, `login` (401/redirect to the login page), `deny` (403).
+
+Paths: the gateway forwards the path as the client sent it, and upstreams read paths
+differently (Tomcat drops `;params`, IIS and Express ignore case, IIS trims trailing dots,
+Express does not resolve `..`, nginx does). So a request is judged under each reading
+(`path_readings`): the path with percent-encoded unreserved characters decoded (`%2F` kept
+as a character of its segment, and read as `/`), with and without dot segments resolved,
+with and without `;params`, with and without case; the strictest outcome wins (deny, then login, then
+allow), so `/admin;x/s`, `/ADMIN/s`, `/admin/..%2Fs` and `/x/../admin/s` all meet the
+`/admin/` rule. A `path_prefixes` entry ending in `/` also covers the path without it
+(`/admin/` covers `/admin`). Paths no reading can make safe (a backslash, which IIS reads as
+`/`, or a control character) are refused before any rule (`unclear_path`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -71,6 +80,9 @@ class AccessRule:
     groups: tuple[str, ...] = ()
     _domain_res: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
     _path_res: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
+    # the same, for readings where case does not matter (IIS, Express)
+    _path_res_ci: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
+    _prefixes_ci: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     _nets: tuple[Network, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +96,8 @@ class AccessRule:
         object.__setattr__(self, "_domain_res", _compile(self.domain_regex, "domain_regex",
                                                           re.IGNORECASE))
         object.__setattr__(self, "_path_res", _compile(self.paths, "paths"))
+        object.__setattr__(self, "_path_res_ci", _compile(self.paths, "paths", re.IGNORECASE))
+        object.__setattr__(self, "_prefixes_ci", tuple(p.lower() for p in self.path_prefixes))
         for i, p in enumerate(self.path_prefixes):
             if not p.startswith("/"):
                 raise ValueError(f"path_prefixes[{i}]: expected a path starting with '/', got {p!r}")
@@ -115,8 +129,12 @@ class AccessControl:
 
     default_policy: Policy = "deny"
     rules: tuple[AccessRule, ...] = ()
+    # a rule's path has capitals: a lower-case path can still match it differently ignoring case
+    _case_matters: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_case_matters", any(
+            p != p.lower() for r in self.rules for p in (*r.path_prefixes, *r.paths)))
         if self.default_policy not in POLICIES:
             raise ValueError(f"default_policy: expected one of {', '.join(POLICIES)}, "
                              f"got {self.default_policy!r}")
@@ -175,20 +193,24 @@ def normalize_host(host: str) -> str:
     return host.rstrip(".")
 
 
-def normalize_path(raw: str) -> str:
-    """The path as an origin server will see it: no query/fragment, unreserved characters
-    and `%2F` percent-decoded, dot segments removed (RFC 3986 5.2.4), `//` collapsed."""
+def _decoded(raw: str, slash: bool = False) -> str:
+    """No query/fragment; percent-encoded unreserved characters decoded (RFC 3986 6.2.2.2:
+    equivalent either way). `%2F` only with `slash` (nginx's reading): in the RFC reading
+    it stays a character of its segment, or `/admin/..%2Fx` would resolve out of `/admin/`
+    while Express or Flask still route it there."""
     path = raw.split("?", 1)[0].split("#", 1)[0] or "/"
+    keep = "-._~/" if slash else "-._~"
 
     def decode(m: re.Match[str]) -> str:
         ch = chr(int(m.group(1), 16))
-        # unreserved characters are equivalent encoded or not (RFC 3986 6.2.2.2); `%2F` is
-        # decoded too because some upstreams (nginx) treat it as a separator
-        return ch if ch.isalnum() and ch.isascii() or ch in "-._~/" else "%" + m.group(1).upper()
+        return ch if ch.isalnum() and ch.isascii() or ch in keep else "%" + m.group(1).upper()
 
     path = _UNRESERVED.sub(decode, path)
-    if not path.startswith("/"):
-        path = "/" + path
+    return path if path.startswith("/") else "/" + path
+
+
+def _resolved(path: str) -> str:
+    """Dot segments removed (RFC 3986 5.2.4), `//` collapsed."""
     out: list[str] = []
     segments = path.split("/")
     for seg in segments[1:]:
@@ -201,6 +223,49 @@ def normalize_path(raw: str) -> str:
     return "/" + "/".join(out) + ("/" if trailing else "")
 
 
+def normalize_path(raw: str) -> str:
+    """The path as an RFC 3986 origin server sees it: no query/fragment, unreserved
+    characters percent-decoded, dot segments removed, `//` collapsed."""
+    return _resolved(_decoded(raw))
+
+
+_PARAMS = re.compile(r";[^/]*")
+# what can make upstreams read a path differently: without any, the RFC 3986 reading is the only one
+_SUSPECT = re.compile(r"[%;]|//|\.(?:/|$)|(?:^|/)\.")
+_TRAILING_DOTS = re.compile(r"[. ]+(?=/|$)")
+_UNCLEAR = re.compile(r"[\\\x00-\x1f\x7f]|%(?:5[cC]|[01][0-9A-Fa-f]|7[fF])")
+
+
+def unclear_path(raw: str) -> str | None:
+    """Why no reading of this path is safe to judge (then the request is refused), or None."""
+    m = _UNCLEAR.search(raw.split("?", 1)[0])
+    if m is None:
+        return None
+    return f"the path contains {m.group(0)!r}, which some servers read as '/' or cut the path at"
+
+
+def path_readings(raw: str, case_matters: bool = True) -> list[tuple[str, bool]]:
+    """The ways upstreams may read `raw` (see the module docstring), the RFC 3986 one first:
+    (path, whether case is ignored). Without `case_matters` (no rule path has capitals),
+    ignoring case is left out for paths without capitals: it would change nothing."""
+    path = raw.split("?", 1)[0]
+    if _SUSPECT.search(path) is None:  # the common case: one reading, and maybe its case-folded twin
+        plain = normalize_path(raw)
+        return [(plain, False), (plain, True)] if case_matters or plain != plain.lower() else [(plain, False)]
+    decoded = _decoded(raw)
+    bases = [decoded, _PARAMS.sub("", decoded)] if ";" in decoded else [decoded]
+    if "%2F" in decoded:
+        bases.append(_decoded(raw, slash=True))
+    readings = [(normalize_path(raw), False)]
+    for base in bases:
+        for path in (_resolved(base), base):
+            for reading in ((path, False), (path, True), (_TRAILING_DOTS.sub("", path), True)):
+                folds_nothing = reading[1] and not case_matters and reading[0] == reading[0].lower()
+                if reading not in readings and not folds_nothing:
+                    readings.append(reading)
+    return readings
+
+
 def _domain_matches(rule: AccessRule, host: str) -> bool:
     for d in rule.domains:
         if d == "*" or d == host or (d.startswith("*.") and host.endswith(d[1:])):
@@ -209,12 +274,16 @@ def _domain_matches(rule: AccessRule, host: str) -> bool:
 
 
 def _mismatch(rule: AccessRule, host: str, path: str, method: str,
-              ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> str | None:
+              ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, fold_case: bool = False) -> str | None:
     if (rule.domains or rule.domain_regex) and not _domain_matches(rule, host):
         return f"host {host!r} not in domains"
-    if rule.paths and not any(r.match(path) for r in rule._path_res):  # noqa: SLF001
+    path_res = rule._path_res_ci if fold_case else rule._path_res  # noqa: SLF001
+    if rule.paths and not any(r.match(path) for r in path_res):
         return f"path {path!r} matches none of paths"
-    if rule.path_prefixes and not any(path.startswith(p) for p in rule.path_prefixes):
+    prefixes = rule._prefixes_ci if fold_case else rule.path_prefixes  # noqa: SLF001
+    if fold_case:
+        path = path.lower()
+    if prefixes and not any(path.startswith(p) or (p[-1:] == "/" and path == p[:-1]) for p in prefixes):
         return f"path {path!r} has none of path_prefixes"
     if rule.methods and method not in rule.methods:
         return f"method {method} not in {', '.join(rule.methods)}"
@@ -244,7 +313,6 @@ def decide(request: RequestInfo, who: Subject | None, control: AccessControl) ->
     `who` may be an `auth.identity.Identity` (anything with `username` and `groups`).
     """
     host = normalize_host(request.host)
-    path = normalize_path(request.path)
     method = request.method.upper()
     ip = request.client_ip
     if isinstance(ip, str):
@@ -254,10 +322,26 @@ def decide(request: RequestInfo, who: Subject | None, control: AccessControl) ->
             ip = None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
+    readings = path_readings(request.path, control._case_matters)  # noqa: SLF001
+    chosen = _decide_path(host, readings[0][0], method, ip, who, control)
+    for path, fold_case in readings[1:]:  # another upstream's reading of the same bytes: the strictest wins
+        other = _decide_path(host, path, method, ip, who, control, fold_case)
+        if _STRICTNESS[other.outcome] > _STRICTNESS[chosen.outcome]:
+            how = " ignoring case" if fold_case else ""
+            chosen = dataclasses.replace(other, reason=f"{other.reason} (the path read as {path!r}{how}, "
+                                                       "as some upstreams read it)")
+    return chosen
+
+
+_STRICTNESS = {"allow": 0, "login": 1, "deny": 2}
+
+
+def _decide_path(host: str, path: str, method: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+                 who: Subject | None, control: AccessControl, fold_case: bool = False) -> Decision:
     trace: list[str] = []
     for i, rule in enumerate(control.rules):
         name = rule.id or f"rules[{i}]"
-        why_not = _mismatch(rule, host, path, method, ip)
+        why_not = _mismatch(rule, host, path, method, ip, fold_case)
         if why_not:
             trace.append(f"{name}: {why_not}")
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from auth.access import (AccessControl, AccessRule, RequestInfo, Subject, decide, normalize_host,
-                         normalize_path)
+                         normalize_path, unclear_path)
 from auth.identity import Identity
 
 CONTROL = AccessControl(default_policy="deny", rules=(
@@ -139,3 +139,41 @@ def test_normalize_host(raw: str, host: str) -> None:
 ])
 def test_normalize_path(raw: str, path: str) -> None:
     assert normalize_path(raw) == path
+
+
+CONFUSING = AccessControl(default_policy="bypass", rules=(
+    AccessRule(id="admin", path_prefixes=("/admin/",), policy="deny"),
+    AccessRule(id="docs", path_prefixes=("/Docs/",), policy="deny"),
+))
+
+
+@pytest.mark.parametrize("path, reading", [
+    ("/admin/secret", "RFC 3986"),
+    ("/admin", "the prefix without its slash"),
+    ("/admin;x=1/secret", "Tomcat, Jetty, Spring drop ;params"),
+    ("/admin;/secret", "Tomcat"),
+    ("/public/..;/admin/secret", "Tomcat: ..; is a dot segment"),
+    ("/ADMIN/secret", "IIS, Express: case ignored"),
+    ("/admin./secret", "IIS trims trailing dots"),
+    ("/admin/..%2Fsecret", "Express, Flask: %2F is not a separator, so this is under /admin/"),
+    ("/public/x/..%2F..%2Fadmin/secret", "nginx: %2F decoded, then dot segments resolved"),
+    ("/admin/../public/x", "Express: dot segments not resolved"),
+    ("/docs/guide", "a rule written in capitals, read ignoring case"),
+])
+def test_every_upstreams_reading_of_a_path_is_judged_and_the_strictest_wins(path: str, reading: str) -> None:
+    decision = decide(RequestInfo(host="a.example.org", path=path, method="GET"), None, CONFUSING)
+    assert decision.outcome == "deny", (reading, decision)
+
+
+@pytest.mark.parametrize("path", ["/public/x", "/administrator", "/admins/x", "/public/a%2Fb", "/Public/X"])
+def test_paths_no_reading_puts_under_a_rule_stay_allowed(path: str) -> None:
+    assert decide(RequestInfo(host="a.example.org", path=path, method="GET"), None, CONFUSING).outcome == "allow"
+
+
+@pytest.mark.parametrize("path, unclear", [
+    ("/admin\\secret", True), ("/a%5Cb", True), ("/a%5cb", True), ("/a%00b", True), ("/a%09b", True),
+    ("/a%7Fb", True), ("/a\x01b", True), ("/api/v4/projects/group%2Fproject", False), ("/a%20b", False),
+    ("/x?q=a\\b", False),
+])
+def test_backslashes_and_control_characters_make_a_path_unclear(path: str, unclear: bool) -> None:
+    assert (unclear_path(path) is not None) is unclear

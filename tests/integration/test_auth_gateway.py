@@ -333,6 +333,22 @@ def test_identity_headers_from_anonymous_clients_are_stripped(gw):
     assert not {"remote-user", "remote-groups", "remote-email", "remote-name", "x-forwarded-user"} & set(data["headers"])
 
 
+@pytest.mark.parametrize("path, status", [
+    ("/public/..;/admin/x", 401),             # Tomcat reads ..; as .. : /admin/x
+    ("/public/x/..%2F..%2Fadmin/x", 401),     # nginx decodes %2F, then resolves: /admin/x
+    ("/PUBLIC/x", 403),                       # not the bypass rule's path for a case-sensitive upstream
+    ("/admin", 401),                          # the /admin/ rule covers /admin
+    ("/public/x\\..\\..\\admin", 400),      # IIS reads \ as /
+    ("/public/%5C..%5Cadmin", 400),
+    ("/public/a%00b", 400),
+])
+def test_a_path_spelled_to_slip_past_the_rules_is_judged_by_its_strictest_reading(gw, upstream, path, status):
+    before = len(upstream.requests)
+    got, _, body = request(gw.url, path, headers={"Accept": "application/json"})
+    assert got == status, body[:300]
+    assert len(upstream.requests) == before  # never forwarded
+
+
 def test_underscore_spellings_and_folded_lines_cannot_smuggle_an_identity(gw):
     # CGI/WSGI servers read Remote_User as REMOTE_USER; a folded line could be read as a header
     data = echoed(gw, "/public/x", headers={"Remote_User": "admin", "X_Forwarded_User": "admin",

@@ -32,8 +32,9 @@ as a character of its segment, and read as `/`), with and without dot segments r
 with and without `;params`, with and without case; the strictest outcome wins (deny, then login, then
 allow), so `/admin;x/s`, `/ADMIN/s`, `/admin/..%2Fs` and `/x/../admin/s` all meet the
 `/admin/` rule. A `path_prefixes` entry ending in `/` also covers the path without it
-(`/admin/` covers `/admin`). Paths no reading can make safe (a backslash, which IIS reads as
-`/`, or a control character) are refused before any rule (`unclear_path`).
+(`/admin/` covers `/admin`); with regex rules, a path ending in `/` is also read without it.
+Paths no reading can make safe (a backslash or `#`, a control character, `%u`, a bad or
+overlong percent-encoding) are refused before any rule (`unclear_path`; docs/auth.md).
 """
 
 from __future__ import annotations
@@ -131,10 +132,12 @@ class AccessControl:
     rules: tuple[AccessRule, ...] = ()
     # a rule's path has capitals: a lower-case path can still match it differently ignoring case
     _case_matters: bool = field(default=False, init=False, repr=False, compare=False)
+    _regex_rules: bool = field(default=False, init=False, repr=False, compare=False)  # some rule has paths:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_case_matters", any(
             p != p.lower() for r in self.rules for p in (*r.path_prefixes, *r.paths)))
+        object.__setattr__(self, "_regex_rules", any(r.paths for r in self.rules))
         if self.default_policy not in POLICIES:
             raise ValueError(f"default_policy: expected one of {', '.join(POLICIES)}, "
                              f"got {self.default_policy!r}")
@@ -232,8 +235,11 @@ def normalize_path(raw: str) -> str:
 _PARAMS = re.compile(r";[^/]*")
 # what can make upstreams read a path differently: without any, the RFC 3986 reading is the only one
 _SUSPECT = re.compile(r"[%;]|//|\.(?:/|$)|(?:^|/)\.")
-_TRAILING_DOTS = re.compile(r"[. ]+(?=/|$)")
-_UNCLEAR = re.compile(r"[\\\x00-\x1f\x7f]|%(?:5[cC]|[01][0-9A-Fa-f]|7[fF])")
+_TRAILING_DOTS = re.compile(r"(?:[. ]|%20)+(?=/|$)")
+# a backslash or `#` (IIS and Go's file server read them as separators), a control character
+# (cuts a path short), `%u0061` and other `%` without two hex digits (IIS decodes `%uNNNN`),
+# an overlong UTF-8 lead byte (`%c0%ae` is `.` to lax decoders)
+_UNCLEAR = re.compile(r"[\\#\x00-\x1f\x7f]|%(?:5[cC]|[01][0-9A-Fa-f]|7[fF]|[cC][01])|%(?![0-9A-Fa-f]{2})")
 
 
 def unclear_path(raw: str) -> str | None:
@@ -241,28 +247,33 @@ def unclear_path(raw: str) -> str | None:
     m = _UNCLEAR.search(raw.split("?", 1)[0])
     if m is None:
         return None
-    return f"the path contains {m.group(0)!r}, which some servers read as '/' or cut the path at"
+    return f"the path contains {m.group(0)!r}, which some servers read as a separator, decode oddly or cut the path at"
 
 
-def path_readings(raw: str, case_matters: bool = True) -> list[tuple[str, bool]]:
+def path_readings(raw: str, case_matters: bool = True, regex_rules: bool = True) -> list[tuple[str, bool]]:
     """The ways upstreams may read `raw` (see the module docstring), the RFC 3986 one first:
     (path, whether case is ignored). Without `case_matters` (no rule path has capitals),
-    ignoring case is left out for paths without capitals: it would change nothing."""
-    path = raw.split("?", 1)[0]
-    if _SUSPECT.search(path) is None:  # the common case: one reading, and maybe its case-folded twin
-        plain = normalize_path(raw)
-        return [(plain, False), (plain, True)] if case_matters or plain != plain.lower() else [(plain, False)]
-    decoded = _decoded(raw)
-    bases = [decoded, _PARAMS.sub("", decoded)] if ";" in decoded else [decoded]
-    if "%2F" in decoded:
-        bases.append(_decoded(raw, slash=True))
-    readings = [(normalize_path(raw), False)]
-    for base in bases:
-        for path in (_resolved(base), base):
-            for reading in ((path, False), (path, True), (_TRAILING_DOTS.sub("", path), True)):
-                folds_nothing = reading[1] and not case_matters and reading[0] == reading[0].lower()
-                if reading not in readings and not folds_nothing:
-                    readings.append(reading)
+    ignoring case is left out for paths without capitals: it would change nothing. With
+    `regex_rules` (some rule has `paths:`), a path ending in `/` is also read without it
+    (Express and Spring serve `/admin` for `/admin/`; a prefix rule covers both already)."""
+    paths = [normalize_path(raw)]
+    if _SUSPECT.search(raw.split("?", 1)[0]) is not None:  # else the RFC 3986 reading is the only one
+        decoded = _decoded(raw)
+        bases = [decoded, _PARAMS.sub("", decoded)] if ";" in decoded else [decoded]
+        if "%2F" in decoded:
+            bases.append(_decoded(raw, slash=True))
+        for base in bases:
+            for path in (_resolved(base), base):
+                for reading in (path, _TRAILING_DOTS.sub("", path)):
+                    if reading not in paths:
+                        paths.append(reading)
+    if regex_rules:
+        for path in paths[:]:
+            bare = path.rstrip("/") or "/"
+            if bare not in paths:
+                paths.append(bare)
+    readings = [(path, False) for path in paths]
+    readings += [(path, True) for path in paths if case_matters or path != path.lower()]
     return readings
 
 
@@ -322,7 +333,7 @@ def decide(request: RequestInfo, who: Subject | None, control: AccessControl) ->
             ip = None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
-    readings = path_readings(request.path, control._case_matters)  # noqa: SLF001
+    readings = path_readings(request.path, control._case_matters, control._regex_rules)  # noqa: SLF001
     chosen = _decide_path(host, readings[0][0], method, ip, who, control)
     for path, fold_case in readings[1:]:  # another upstream's reading of the same bytes: the strictest wins
         other = _decide_path(host, path, method, ip, who, control, fold_case)

@@ -16,13 +16,13 @@ import json
 from urllib.parse import urlsplit
 
 from addons.acl import AccessPolicy, AclSettings
-from auth.access import RequestInfo, Subject
+from auth.access import RequestInfo, Subject, unclear_path
 from proxy import auth_setup
 from proxy.cli_common import CliError
 from proxy.config import load_config
 from proxy.schema import ConfigError
 
-_OUTCOME_TEXT = {"allow": "ALLOW", "login": "LOGIN REQUIRED", "deny": "DENY (403)"}
+_OUTCOME_TEXT = {"allow": "ALLOW", "login": "LOGIN REQUIRED", "deny": "DENY (403)", "refused": "REFUSED (400)"}
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -66,7 +66,11 @@ def cmd_access_check(args: argparse.Namespace) -> int:
     request = _request(args)
     control = auth_setup.access_control(config)
     who = Subject(args.user, tuple(g.strip() for g in args.groups.split(",") if g.strip())) if args.user else None
-    if control is None:
+    unclear = unclear_path(request.path) if control is not None else None
+    if unclear is not None:  # what addons/acl.py answers before any rule
+        result = {"outcome": "refused", "policy": "-", "rule": "none",
+                  "reason": f"no rule is asked: {unclear}", "trace": []}
+    elif control is None:
         result = {"outcome": "allow", "policy": "bypass", "rule": "none",
                   "reason": f"{args.config} has no access_control or auth section: every request is allowed",
                   "trace": []}

@@ -165,6 +165,21 @@ def test_every_upstreams_reading_of_a_path_is_judged_and_the_strictest_wins(path
     assert decision.outcome == "deny", (reading, decision)
 
 
+LOWER_CASE_RULES = AccessControl(default_policy="bypass", rules=(
+    AccessRule(id="admin", path_prefixes=("/admin/",), policy="deny"),
+    AccessRule(id="exact", paths=("^/exact$",), policy="deny"),
+))
+
+
+@pytest.mark.parametrize("path", [
+    "/admin./secret", "/admin%2e%2E/secret", "/admin%20/secret", "/ADMIN/secret",   # IIS trims, folds case
+    "/exact/", "/exact/.", "/exact//", "/EXACT/",                                    # Express, Spring: /exact
+])
+def test_readings_apply_when_no_rule_path_has_capitals(path: str) -> None:
+    decision = decide(RequestInfo(host="a.example.org", path=path, method="GET"), None, LOWER_CASE_RULES)
+    assert decision.outcome == "deny", decision
+
+
 @pytest.mark.parametrize("path", ["/public/x", "/administrator", "/admins/x", "/public/a%2Fb", "/Public/X"])
 def test_paths_no_reading_puts_under_a_rule_stay_allowed(path: str) -> None:
     assert decide(RequestInfo(host="a.example.org", path=path, method="GET"), None, CONFUSING).outcome == "allow"
@@ -173,7 +188,8 @@ def test_paths_no_reading_puts_under_a_rule_stay_allowed(path: str) -> None:
 @pytest.mark.parametrize("path, unclear", [
     ("/admin\\secret", True), ("/a%5Cb", True), ("/a%5cb", True), ("/a%00b", True), ("/a%09b", True),
     ("/a%7Fb", True), ("/a\x01b", True), ("/api/v4/projects/group%2Fproject", False), ("/a%20b", False),
-    ("/x?q=a\\b", False),
+    ("/x?q=a\\b", False), ("/public/x#/../../admin/x", True), ("/%u0061dmin/s", True),
+    ("/public/%c0%ae%c0%ae/admin", True), ("/100%/x", True), ("/a;jsessionid=AB12", False), ("/v1.2/x", False),
 ])
 def test_backslashes_and_control_characters_make_a_path_unclear(path: str, unclear: bool) -> None:
     assert (unclear_path(path) is not None) is unclear

@@ -43,6 +43,8 @@ def run(tmp_path, capsys, *args: str):
     (["--url", "https://a.example.org/_portico/pixel/abc"], "allow", "reserved"),
     (["--url", "https://a.example.org/_portico/beacon"], "deny", "tracking-private"),
     (["--url", "https://a.example.org/_portico/dashboard/"], "deny", "default"),
+    (["--url", "https://a.example.org/public/a%5Cb"], "refused", "none"),  # as the gateway answers: 400
+    (["--url", "https://a.example.org/public/..;/members/x"], "login", "members"),  # Tomcat's reading
 ])
 def test_check_names_the_deciding_rule(tmp_path, capsys, args, outcome, rule):
     result = run(tmp_path, capsys, *args)

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import RegularMode
@@ -119,6 +119,32 @@ def _origin(flow: http.HTTPFlow) -> tuple[str, bool]:
     secure = proto == "https" if proto else flow.client_conn.tls_established
     host = flow.request.host_header or flow.request.pretty_host
     return f"{'https' if secure else 'http'}://{host}", secure
+
+
+def _cross_site(req: http.Request, origin: str) -> str | None:
+    """Why this request looks sent by another site (None: ours, or no way to tell).
+
+    `Origin: null` counts as another site (a sandboxed page, or a POST another site
+    redirected here); without Origin, `Sec-Fetch-Site: cross-site` or a Referer from
+    elsewhere do. A client sending none of them (curl, an old browser) is let through.
+    """
+    claimed = req.headers.get("origin")
+    if claimed is not None:
+        if claimed == "null" or claimed.rstrip("/").lower() != origin.lower():
+            return f"Origin {claimed[:100]!r}"
+        return None
+    if req.headers.get("sec-fetch-site", "").lower() == "cross-site":
+        return "Sec-Fetch-Site: cross-site"
+    referer = req.headers.get("referer")
+    if referer:
+        try:
+            parts = urlsplit(referer)
+            ref_origin = f"{parts.scheme}://{parts.netloc}".lower()
+        except ValueError:
+            ref_origin = ""
+        if ref_origin != origin.lower():
+            return f"Referer from {ref_origin or 'an unreadable address'}"
+    return None
 
 
 def _client_ip(flow: http.HTTPFlow) -> str | None:
@@ -458,8 +484,10 @@ class Auth:
             self._answer(flow, error_response(405, "Method not allowed", "Use GET or POST.",
                                               flow.metadata.get(metadata.REQUEST_ID)), "auth:login")
             return
-        claimed = req.headers.get("origin")
-        if claimed and claimed != "null" and claimed.rstrip("/").lower() != origin.lower():
+        elsewhere = _cross_site(req, origin)
+        if elsewhere is not None:
+            log.info("request %s: login form refused: posted from another site (%s)",
+                     flow.metadata.get(metadata.REQUEST_ID), elsewhere)
             self._answer(flow, error_response(
                 403, "Cross-site login refused",
                 "This login form was posted from another site; open the login page here and try again.",
@@ -491,6 +519,15 @@ class Auth:
                                                       self._clock() + self.sessions.settings.absolute_lifetime)
 
     def _logout(self, flow: http.HTTPFlow) -> None:
+        elsewhere = _cross_site(flow.request, _origin(flow)[0])
+        if elsewhere is not None:  # another site must not be able to end a user's session
+            log.info("request %s: logout refused: sent from another site (%s)",
+                     flow.metadata.get(metadata.REQUEST_ID), elsewhere)
+            self._answer(flow, error_response(
+                403, "Cross-site logout refused",
+                "This logout came from another site; use the logout link on this site.",
+                flow.metadata.get(metadata.REQUEST_ID)), "auth:logout-csrf")
+            return
         token = flow.request.cookies.get(self.settings.cookie_name)
         user = None
         if token:

@@ -168,10 +168,29 @@ def test_bad_password_and_unknown_user_get_the_same_401(gw):
     assert status == 401  # empty password never becomes an anonymous bind
 
 
-def test_login_posted_from_another_origin_is_refused(gw):
-    status, headers, _ = login(gw, "alice", "alice-pw", headers={"Origin": "https://evil.example"})
+@pytest.mark.parametrize("sent_by", [
+    {"Origin": "https://evil.example"},
+    {"Origin": "null"},  # a sandboxed page, or a POST another site redirected here (found by a review)
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Referer": "https://evil.example/x"},
+])
+def test_login_posted_from_another_origin_is_refused(gw, sent_by):
+    status, headers, _ = login(gw, "alice", "alice-pw", headers=sent_by)
     assert status == 403
     assert "set-cookie" not in headers
+
+
+def test_logout_from_another_site_is_refused_and_the_session_lives_on(gw):
+    _, headers, _ = login(gw, "alice", "alice-pw")
+    cookie = session_cookie(headers)
+    for sent_by in ({"Sec-Fetch-Site": "cross-site"}, {"Referer": "https://evil.example/"},
+                    {"Origin": "https://evil.example"}):
+        status, headers, _ = request(gw.url, "/_portico/logout", headers={"Cookie": cookie} | sent_by)
+        assert status == 403 and "set-cookie" not in headers
+    assert echoed(gw, "/members/", headers={"Cookie": cookie})["headers"]["remote-user"] == "alice"
+    origin = gw.url.rstrip("/")
+    status, _, _ = request(gw.url, "/_portico/logout", headers={"Cookie": cookie, "Referer": origin + "/members/"})
+    assert status == 303  # from the site itself
 
 
 @pytest.mark.parametrize("nxt", [

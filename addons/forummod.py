@@ -27,6 +27,7 @@ from mitmproxy import http
 from addons import metadata
 from addons.pages import error_response
 from addons.paths import prefix_matches
+from addons.privacy import truncate_address
 from addons.textscore import PhraseScorer, Score, heat
 from addons.verdicts import page, record
 
@@ -140,7 +141,8 @@ class ForumModeration:
         record(self.store, "moderation.alert", {
             "rule": rule.name, "action": rule.action, "score": round(score.total, 2), "reasons": score.reasons(),
             "route": flow.metadata.get(metadata.ROUTE), "user": user,
-            "client": None if user else flow.metadata.get(metadata.CLIENT_IP),
+            # the network, not the address (as tracking stores it): enough to spot a range posting abuse
+            "client": None if user else truncate_address(flow.metadata.get(metadata.CLIENT_IP) or "") or None,
             "path": path.split("?", 1)[0], "request_id": request_id})
         log.info("request %s: forum rule %s scored %.1f (%s): %s", request_id, rule.name, score.total,
                  rule.action, score.reasons())

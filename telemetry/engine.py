@@ -26,8 +26,8 @@ from telemetry import columns, rollups
 from telemetry.errors import QueryError
 from telemetry.predicate import forms, haversine_km, norm
 from telemetry.query import (AnyFilter, BoolFilter, Filter, FunnelQuery, FunnelResult, FunnelStepResult, GeoFilter,
-                             Query, QueryResult, Row, parse_metric, resolve_interval, validate_funnel,
-                             validate_query, zone)
+                             MAX_CELLS, Query, QueryResult, Row, parse_metric, resolve_interval,
+                             validate_funnel, validate_query, zone)
 from telemetry.timebuckets import boundaries, from_us, to_us
 
 SLOT = rollups.SLOT_US
@@ -772,6 +772,10 @@ def run_query(store: Any, q: Query) -> QueryResult:
     if B is not None:
         nb = len(B) - 1
         gkeys = {gk for _, gk in groups} or ({()} if not q.group_by else set())
+        if len(gkeys) * nb > MAX_CELLS:  # every group gets every bucket, zeros included: bound it
+            raise QueryError("group_by", f"{len(gkeys)} groups x {nb} {interval} buckets = {len(gkeys) * nb} rows, "
+                                         f"more than {MAX_CELLS}; use a longer interval, a shorter range, "
+                                         "or a filter")
         for gk in gkeys:
             for b in range(nb):
                 groups.setdefault((b, gk), 0)

@@ -484,14 +484,8 @@ class Auth:
             self._answer(flow, error_response(405, "Method not allowed", "Use GET or POST.",
                                               flow.metadata.get(metadata.REQUEST_ID)), "auth:login")
             return
-        elsewhere = _cross_site(req, origin)
-        if elsewhere is not None:
-            log.info("request %s: login form refused: posted from another site (%s)",
-                     flow.metadata.get(metadata.REQUEST_ID), elsewhere)
-            self._answer(flow, error_response(
-                403, "Cross-site login refused",
-                "This login form was posted from another site; open the login page here and try again.",
-                flow.metadata.get(metadata.REQUEST_ID)), "auth:login-csrf")
+        if self._refused_cross_site(flow, origin, "login", "This login form was posted from another site; "
+                                    "open the login page here and try again."):
             return
         if len(req.raw_content or b"") > _MAX_FORM_BYTES:
             self._answer(flow, error_response(413, "Login form too large", "The form is too large.",
@@ -518,15 +512,20 @@ class Auth:
         self._cookies[flow.id] = self._session_cookie(flow, token,
                                                       self._clock() + self.sessions.settings.absolute_lifetime)
 
+    def _refused_cross_site(self, flow: http.HTTPFlow, origin: str, what: str, advice: str) -> bool:
+        """Answer 403 (and log why) when another site sent this login or logout."""
+        elsewhere = _cross_site(flow.request, origin)
+        if elsewhere is None:
+            return False
+        rid = flow.metadata.get(metadata.REQUEST_ID)
+        log.info("request %s: %s refused: sent from another site (%s)", rid, what, elsewhere)
+        self._answer(flow, error_response(403, f"Cross-site {what} refused", advice, rid), f"auth:{what}-csrf")
+        return True
+
     def _logout(self, flow: http.HTTPFlow) -> None:
-        elsewhere = _cross_site(flow.request, _origin(flow)[0])
-        if elsewhere is not None:  # another site must not be able to end a user's session
-            log.info("request %s: logout refused: sent from another site (%s)",
-                     flow.metadata.get(metadata.REQUEST_ID), elsewhere)
-            self._answer(flow, error_response(
-                403, "Cross-site logout refused",
-                "This logout came from another site; use the logout link on this site.",
-                flow.metadata.get(metadata.REQUEST_ID)), "auth:logout-csrf")
+        # another site must not be able to end a user's session
+        if self._refused_cross_site(flow, _origin(flow)[0], "logout",
+                                    "This logout came from another site; use the logout link on this site."):
             return
         token = flow.request.cookies.get(self.settings.cookie_name)
         user = None

@@ -2,8 +2,8 @@
 
 Hooks: `running`, `done`, `http_connect`, `request`, `response`, `error`,
 `client_disconnected`.
-Metadata read: LISTENER, CLIENT_IP, REQUEST_ID. Written: USER, GROUPS, BLOCKED_BY,
-DO_NOT_CACHE (a response made for a known user is never shared by the cache).
+Metadata read: LISTENER, CLIENT_IP, REQUEST_ID. Written: USER, GROUPS (with USER set, the
+cache never shares the response), BLOCKED_BY.
 
 Reverse listener:
 - `<prefix>login`: GET shows the login page (addons/static/login.html), POST checks the
@@ -145,6 +145,13 @@ def _cross_site(req: http.Request, origin: str) -> str | None:
         if ref_origin != origin.lower():
             return f"Referer from {ref_origin or 'an unreadable address'}"
     return None
+
+
+def _without_names(fields: tuple[tuple[bytes, bytes], ...],
+                   names: frozenset[bytes]) -> tuple[tuple[bytes, bytes], ...]:
+    """The header fields but those named in `names` (lower case, `-`), whatever their case or
+    `_` spelling (CGI/WSGI servers read `Remote_User` as `Remote-User`)."""
+    return tuple(f for f in fields if f[0].lower().replace(b"_", b"-") not in names)
 
 
 def _client_ip(flow: http.HTTPFlow) -> str | None:
@@ -364,7 +371,7 @@ class Auth:
         if not self._unusual_header_names:
             return
         fields = flow.request.headers.fields
-        kept = tuple(f for f in fields if f[0].lower().replace(b"_", b"-") not in self._unusual_header_names)
+        kept = _without_names(fields, self._unusual_header_names)
         if len(kept) != len(fields):
             flow.request.headers.fields = kept
             log.info("request %s: removed client-supplied identity headers", flow.metadata.get(metadata.REQUEST_ID))
@@ -454,7 +461,6 @@ class Auth:
     def _identify(self, flow: http.HTTPFlow, identity: Identity, *, upstream_headers: bool) -> None:
         flow.metadata[metadata.USER] = identity.username
         flow.metadata[metadata.GROUPS] = tuple(identity.groups)
-        flow.metadata[metadata.DO_NOT_CACHE] = "auth:user"
         if not upstream_headers:
             return
         pairs = self._header_pairs.get(identity)
@@ -467,9 +473,7 @@ class Auth:
                 self._header_pairs.clear()
             self._header_pairs[identity] = pairs
         # replace any copy of our header names (Forwarded strips the usual ones; names are configurable)
-        names = self._header_names
-        flow.request.headers.fields = tuple(
-            f for f in flow.request.headers.fields if f[0].lower().replace(b"_", b"-") not in names) + pairs
+        flow.request.headers.fields = _without_names(flow.request.headers.fields, self._header_names) + pairs
 
     # --- login and logout ---------------------------------------------------------------
 

@@ -10,7 +10,8 @@ Hooks:
 - `Cache.error`: releases collapsed requests waiting on a failed one.
 - `CacheStoreStage.response` (`Cache.store_stage`, placed after moderation): stores cacheable
   responses, invalidates on successful unsafe methods, sets `Cache-Status` and metadata.
-Metadata read: LISTENER, ROUTE, ORIGINAL_HOST, ORIGINAL_PATH, CLIENT_IP, DO_NOT_CACHE.
+Metadata read: LISTENER, ROUTE, ORIGINAL_HOST, ORIGINAL_PATH, CLIENT_IP, DO_NOT_CACHE, USER
+(a response made for a user Portico signed in is never stored for others).
 Written: CACHE_STATUS (hit, miss, stale, revalidated, bypass, expired, updating), CACHE_BYTES.
 
 Every decision is a pure function in `addons/cache_policy.py`; storage is `addons/cache_store.py`.
@@ -427,8 +428,8 @@ class Cache:
                    (*_CONDITIONALS, "if-range", "range", "content-length")]
         headers += list(P.conditional_headers(P.Fields(entry.headers)).items())
         target = (flow.request.scheme, flow.request.host, flow.request.port, flow.request.path)
-        # a response the upstream made for a user Portico identified is never stored (see
-        # addons/auth.py, DO_NOT_CACHE): only a 304 may update the shared entry
+        # a response the upstream made for a user Portico identified is never stored: only a
+        # 304 may update the shared entry
         task = self._spawn(self._revalidate(target, headers, state.url, state.route, entry,
                                                  flow.request.headers.copy(), authenticated=state.authenticated,
                                                  store_new=not flow.metadata.get(metadata.USER)))
@@ -634,10 +635,9 @@ class Cache:
 
     async def _finish(self, flow: http.HTTPFlow, state: _State, resp: http.Response) -> None:
         if state.served:
-            marker = flow.metadata.get(metadata.DO_NOT_CACHE)
-            if marker and not str(marker).startswith("auth:"):
+            if flow.metadata.get(metadata.DO_NOT_CACHE):
                 self.store.invalidate(state.url)  # moderation flagged what we had stored
-            return  # (auth's marker says the flow is a user's: the shared entry it was served stays)
+            return
         status = resp.status_code
         if state.invalidate:
             if 200 <= status < 400:
@@ -648,8 +648,8 @@ class Cache:
         detail = state.detail
         if not state.may_store or resp.stream:
             detail = detail or ("too-large" if resp.stream else None)
-        elif flow.metadata.get(metadata.DO_NOT_CACHE):
-            detail = "do-not-cache"
+        elif flow.metadata.get(metadata.DO_NOT_CACHE) or flow.metadata.get(metadata.USER):
+            detail = "do-not-cache"  # flagged content, or a page made for a signed-in user
         else:
             pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers.fields
                      if k.lower() != b"cache-status"]

@@ -103,14 +103,14 @@ def _time_range(msg: Any) -> tuple[datetime, datetime]:
     for name in ("start", "end"):
         if not msg.HasField(name):
             raise InvalidRequest(name, "required (a timestamp)")
-    try:
-        start = timestamp_to_datetime(msg.start)
-    except (OverflowError, ValueError, OSError):
-        raise InvalidRequest("start", f"{msg.start.seconds} s is outside years 1 to 9999") from None
-    try:
-        end = timestamp_to_datetime(msg.end)
-    except (OverflowError, ValueError, OSError):
-        raise InvalidRequest("end", f"{msg.end.seconds} s is outside years 1 to 9999") from None
+    times = []
+    for name in ("start", "end"):
+        ts = getattr(msg, name)
+        try:
+            times.append(timestamp_to_datetime(ts))
+        except (OverflowError, ValueError, OSError):
+            raise InvalidRequest(name, f"{ts.seconds} s is outside years 1 to 9999") from None
+    start, end = times
     if start >= end:
         raise InvalidRequest("end", f"{end.isoformat()} is not after start {start.isoformat()}")
     return start, end

@@ -147,13 +147,11 @@ def build(cls: type, data: Any, key: str = "") -> Any:
         raw = data[name]
         parse = field.metadata.get("parse")
         try:
-            value = parse(raw) if parse and raw is not None else convert(hints[name], raw, where)
+            value = _parsed(parse, raw, where) if parse and raw is not None else convert(hints[name], raw, where)
             if check := field.metadata.get("check"):
                 check(value)
         except ValueError as e:
             fail(where, raw, str(e))
-        except OverflowError:  # '99999999999d', .inf, a size of 300 digits: nothing holds it
-            fail(where, raw, f"a value within range ({_describe_parser(parse)})")
         kwargs[name] = value
     try:
         obj = cls(**kwargs)

@@ -143,6 +143,9 @@ class Visitors:
         # (salt, site, address, User-Agent) -> today's id: a visitor sends many requests, and
         # the hash is the larger part of `visit`; in memory only, bounded, keyed by the salt
         self._ids: dict[tuple[bytes, str, str, str], str] = {}
+        # called before each `visit`: whoever captured flows to visit later (tracking)
+        # visits them first, so sessions see requests in the order they came
+        self.catch_up: list[Callable[[], None]] = []
 
     def visitor_id(self, site: str, address: str, user_agent: str) -> str:
         return self._today_id(self.salts.current()[0], site, address, user_agent)
@@ -158,8 +161,14 @@ class Visitors:
         return vid
 
     def visit(self, site: str, address: str, user_agent: str) -> Visit:
-        """The visitor and session for one request; starts a session when none is live."""
-        now = self.clock()
+        """The visitor and session for one request now; starts a session when none is live."""
+        for catch_up in self.catch_up:
+            catch_up()
+        return self.visit_at(self.clock(), site, address, user_agent)
+
+    def visit_at(self, now: float, site: str, address: str, user_agent: str) -> Visit:
+        """`visit` for a request seen at `now` (this clock) and not visited then: called in
+        the order the requests came, after every earlier one."""
         today, yesterday = self.salts.current()
         vid = self._today_id(today, site, address, user_agent)
         state = self.sessions.get(vid)

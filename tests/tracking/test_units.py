@@ -446,6 +446,78 @@ def test_session_started_by_an_endpoint_is_announced_by_its_first_recorded_flow(
     assert {e.attrs["session"] for e in sink.of("request")} == {visit.session}
 
 
+def test_in_a_running_loop_flows_are_captured_then_built_in_order_without_keeping_the_flow(sink, tmp_path):
+    """In the gateway the hook only copies what the event needs; the events are built
+    `build_interval` later, all waiting flows in one batch, in the order they came."""
+    import asyncio
+    import gc
+    import weakref
+
+    tracking = _tracking(sink, tmp_path, bot_follow_timeout=0.0, build_interval=0.05)
+
+    async def run() -> tuple[int, bool]:
+        css = {"headers": {"user-agent": CHROME}, "content_type": "text/css"}  # assets: recorded, not held
+        flow = make_flow("/first", **css)
+        ref = weakref.ref(flow)
+        tracking.response(flow)
+        tracking.response(make_flow("/second", **css))
+        del flow
+        gc.collect()
+        waiting = len(sink.events)
+        await asyncio.sleep(0.2)
+        return waiting, ref() is None
+
+    waiting, flow_released = asyncio.run(run())
+    assert waiting == 0  # not built in the hook
+    assert flow_released  # only copies were kept: no flow (or body) waits with them
+    tracking.flush_pending(force=True)
+    assert [e.attrs["path"] for e in sink.of("request")] == ["/first", "/second"]
+    assert len(sink.of("session.start")) == 1 and len({e.attrs["session"] for e in sink.of("request")}) == 1
+
+
+def test_an_endpoint_visit_first_builds_the_flows_captured_before_it(sink, tmp_path):
+    """A campaign click attributes what follows it, never the page seen just before it:
+    the click's visit() builds the captured flows first, as if they had been built live."""
+    import asyncio
+
+    tracking = _tracking(sink, tmp_path, bot_follow_timeout=0.0, build_interval=60)
+
+    async def run() -> None:
+        tracking.response(make_flow("/before", headers={"user-agent": CHROME}))
+        visit = tracking.visitors.visit("www.example.org", "203.0.113.77", CHROME)  # the click endpoint
+        visit.state.campaign_first = visit.state.campaign_last = "spring"
+        tracking.response(make_flow("/after", headers={"user-agent": CHROME}))
+        tracking.done()  # shutdown builds what was captured
+
+    asyncio.run(run())
+    tracking.flush_pending(force=True)
+    by_path = {e.attrs["path"]: e.attrs for e in sink.of("request")}
+    assert "campaign" not in by_path["/before"]
+    assert by_path["/after"]["campaign"] == "spring"
+    assert by_path["/before"]["session"] == by_path["/after"]["session"]
+
+
+def test_a_full_capture_batch_is_built_at_once_and_one_bad_flow_loses_no_other(sink, tmp_path, caplog):
+    import asyncio
+
+    tracking = _tracking(sink, tmp_path, bot_follow_timeout=0.0, build_interval=60, build_batch=3)
+    css = {"headers": {"user-agent": CHROME}, "content_type": "text/css"}  # assets: recorded, not held
+    bad = make_flow("/bad", **css)
+    bad.metadata[metadata.ORIGINAL_PATH] = 42  # not a path: building its event raises
+
+    async def run() -> int:
+        for f in (make_flow("/a", **css), bad, make_flow("/c", **css)):
+            tracking.response(f)
+        return len(sink.events)
+
+    with caplog.at_level(logging.ERROR, logger="portico.tracking"):
+        built = asyncio.run(run())
+    tracking.flush_pending(force=True)
+    assert built > 0  # the third capture filled the batch: built without waiting for the timer
+    assert sorted(e.attrs["path"] for e in sink.of("request")) == ["/a", "/c"]
+    assert "could not build the request event" in caplog.text
+
+
 def test_path_goal_conversion_carries_campaign_once_per_session(sink, tmp_path):
     from addons.attribution import set_cookie_header
 

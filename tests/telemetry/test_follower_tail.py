@@ -89,3 +89,15 @@ def test_a_tail_changed_since_it_was_kept_is_read_back() -> None:
     assert kept.take(3, {**header, "n": 3}) is None            # rows were added by someone else
     assert kept.take(3, {**header, "tmax": 10}) is None
     assert kept.take(3, {**header, "cols": ["@t", "c:x"]}) is None
+
+
+@pytest.mark.parametrize(("folded", "since_gc", "idle_for", "due"), [
+    (0, 60.0, 60.0, False),    # nothing folded since the last collection: nothing to free
+    (500, 0.6, 0.0, False),    # one empty poll between two batches under load: not idle yet
+    (500, 0.6, None, False),   # busy, collected recently
+    (500, 5.1, None, True),    # busy for longer than GC_EVERY
+    (500, 1.2, 1.0, True),     # the load stopped: collect once idle for GC_IDLE
+])
+def test_the_follower_collects_garbage_when_busy_for_long_or_idle_not_between_batches(folded, since_gc, idle_for,
+                                                                                          due):
+    assert follower.collect_due(folded, since_gc, idle_for) is due

@@ -13,8 +13,10 @@ Why 0.5 s by default: each batch is one commit (an fsync) in the writer thread, 
 its size. At ~1,000 requests/s, batches every 100 ms cost the writer thread 23-25 us of
 CPU per request, every 500 ms 13-15 us (Linux schedstat, same run; the follower process
 already folds at most every 0.5 s, `StoreSettings.fold_gather`). Request events are
-observations, not acknowledged to anyone: they reach the store at most half a second
-later, and a crash loses at most that much of them. (The beacon's events are different:
+observations, not acknowledged to anyone: they reach the store about half a second
+later (tracking captures flows and builds their events every 0.5 s, then flushes this
+batch; when 500 are built early they wait here up to 0.5 s more), and a crash loses at
+most that much of them. (The beacon's events are different:
 `record_durable` commits them before the 202.) Outside an event loop
 (unit tests, the CLI) it submits at once, as `Recorder` does.
 

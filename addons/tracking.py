@@ -479,7 +479,8 @@ class Tracking:
             "hits": state.hits, "pageviews": state.pageviews, "bounce": state.pageviews <= 1,
             "bot": not state.browser_seen,
         }
-        attrs["visitor" if state.browser_seen or self.settings.count_bots_as_visitors else "bot_visitor"] = state.visitor
+        counted = state.browser_seen or self.settings.count_bots_as_visitors
+        attrs["visitor" if counted else "bot_visitor"] = state.visitor
         if state.campaign_last:
             attrs["campaign"] = state.campaign_last
         return {"type": "session.end", "time": state.last_seen, "attrs": attrs}

@@ -52,7 +52,8 @@ DNS_RESOLVER = "portico.dns_resolver"
 """str: which resolver answered (its name or URL)."""
 
 VISITOR = "portico.visitor"
-"""str: the cookieless visitor id (addons/visitor.py), set by the first tracking addon that needed it."""
+"""str: the cookieless visitor id (addons/visitor.py), set by the endpoint (beacon, click, pixel,
+outbound redirect) that visited; tracking reads it and visits the other flows itself."""
 
 SESSION = "portico.session"
 """str: the visitor's session id (30 minutes idle)."""

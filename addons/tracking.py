@@ -4,7 +4,7 @@ Hooks: `response`, `error` (the last addon in the pipeline, so blocked, denied, 
 errored flows are all seen), `running`/`done` (the sweeper task).
 Metadata read: REQUEST_ID, CLIENT_IP, LISTENER, ORIGINAL_HOST, ORIGINAL_PATH, ROUTE,
 BLOCKED_BY, CACHE_STATUS, USER, GROUPS, VISITOR, SESSION.
-Written: VISITOR, SESSION, REQUEST_RECORDED.
+Written: REQUEST_RECORDED.
 
 Privacy by default: the client address is kept only as its network (/24, /48), the
 referrer without its query, the path without query parameters except allow-listed ones,
@@ -171,6 +171,8 @@ class Tracking:
         self._statics: dict[tuple[str, ...], _Static] = {}
         self._captured: list[_Captured] = []
         self._build_timer: asyncio.TimerHandle | None = None
+        self._build_loop: asyncio.AbstractEventLoop | None = None  # the timer's loop
+        self._done = False  # after `done`: flows still closing are built and flushed at once
         # a beacon, click or redirect must find the flows captured before it already built
         # into the visitor's session (attribution, browser_seen, goals): same order as live
         visitors.catch_up.append(self.build_captured)
@@ -180,6 +182,7 @@ class Tracking:
     # --- lifecycle -------------------------------------------------------------------------
 
     def running(self) -> None:
+        self._done = False
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._sweeper(), name="tracking-sweeper")
 
@@ -187,6 +190,7 @@ class Tracking:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        self._done = True
         self.build_captured()
         self.flush_pending(force=True)
         flush = getattr(self.recorder, "flush", None)  # a BatchRecorder: hand over the last batch
@@ -271,12 +275,15 @@ class Tracking:
         self._captured.append(self._capture(flow))
         if len(self._captured) >= self.settings.build_batch:
             self.build_captured()
-        elif self._build_timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # unit tests, the CLI: nothing would fire a timer
-                self.build_captured()
-                return
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # unit tests, the CLI: nothing would fire a timer
+            loop = None
+        if loop is None or self._done:  # no timer would fire (or it would fire after the store closed)
+            self._build_due()
+        elif self._build_timer is None or self._build_loop is not loop:  # (a test's earlier loop ended)
+            self._build_loop = loop
             self._build_timer = loop.call_later(self.settings.build_interval, self._build_due)
 
     def _capture(self, flow: http.HTTPFlow) -> _Captured:
@@ -305,7 +312,6 @@ class Tracking:
 
     def _build_due(self) -> None:
         """The timer: build, then hand the batch on at once (these events waited already)."""
-        self._build_timer = None
         try:
             self.build_captured()
             flush = getattr(self.recorder, "flush", None)  # a BatchRecorder
@@ -320,7 +326,7 @@ class Tracking:
         there it must stay cheap, so it does not flush the recorder (one store submit per
         beacon would undo the batching)."""
         if self._build_timer is not None:
-            self._build_timer.cancel()
+            self._build_timer.cancel()  # (a no-op when it is the timer that called)
             self._build_timer = None
         if not self._captured:
             return

@@ -63,6 +63,14 @@ class Salts:
                 self._day_span = (first, first + 86400)
         return self._today, self._yesterday
 
+    def at(self, when: float) -> tuple[bytes, bytes | None]:
+        """`current()` for a request seen at `when` and visited now: one captured just before
+        midnight and visited just after gets the day it came in (its id in yesterday's salt)."""
+        today, yesterday = self.current()
+        if when < self._day_span[0] and yesterday is not None:
+            return yesterday, None
+        return today, yesterday
+
     def _rotate(self, day: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         yday = (datetime.strptime(day, "%Y-%m-%d") - timedelta(days=1)).strftime("%Y-%m-%d")
@@ -168,8 +176,9 @@ class Visitors:
 
     def visit_at(self, now: float, site: str, address: str, user_agent: str) -> Visit:
         """`visit` for a request seen at `now` (this clock) and not visited then: called in
-        the order the requests came, after every earlier one."""
-        today, yesterday = self.salts.current()
+        the order the requests came, after every earlier one. `now` must be on the salts'
+        clock too (both are `time.time` outside tests): it picks the day's salt."""
+        today, yesterday = self.salts.at(now)
         vid = self._today_id(today, site, address, user_agent)
         state = self.sessions.get(vid)
         if state is None and yesterday is not None:

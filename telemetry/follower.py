@@ -377,9 +377,7 @@ def child_main(root: str, dimensions: tuple[str, ...], sync: bool, derived_map: 
     # makes no reference cycles on purpose: the cyclic collector's automatic passes would
     # double the cost of decoding. Collect explicitly, when idle or every GC_EVERY seconds.
     gc.disable()
-    last_gc = time.monotonic()
-    folded_since_gc = 0
-    idle_since: float | None = None  # when run_once last found nothing after folding something
+    collections = GcPolicy(time.monotonic())
     wait = 0.0             # seconds to wait for a message before the next fold
     while True:
         eager = False
@@ -409,12 +407,9 @@ def child_main(root: str, dimensions: tuple[str, ...], sync: bool, derived_map: 
                 except OSError:
                     return
             time.sleep(0.5)
-        folded_since_gc += n
-        now = time.monotonic()
-        idle_since = None if n else (idle_since or now)
-        if collect_due(folded_since_gc, now - last_gc, None if idle_since is None else now - idle_since):
+        if collections.polled(n, time.monotonic()):
             gc.collect()
-            last_gc, folded_since_gc = time.monotonic(), 0
+            collections.collected(time.monotonic())
         if n == 0:
             wait = IDLE_SLEEP
         elif n < CHUNK // 4 and not eager:
@@ -423,19 +418,33 @@ def child_main(root: str, dimensions: tuple[str, ...], sync: bool, derived_map: 
             wait = 0.0
 
 
-def collect_due(folded_since_gc: int, since_gc: float, idle_for: float | None) -> bool:
-    """Whether the follower should run the cyclic collector now: it has folded something
-    since the last collection, and either has been busy for GC_EVERY seconds or has had
-    nothing to fold for GC_IDLE seconds (`idle_for`, None while busy).
+class GcPolicy:
+    """When the follower runs the cyclic collector (disabled otherwise): once it has folded
+    something since the last collection, and either has been busy for GC_EVERY seconds or
+    has found nothing to fold for GC_IDLE seconds in a row.
 
     Why not at the first empty poll: under steady load the gateway commits a batch every
     0.5-1 s and the follower, having folded one, often polls once before the next arrives.
     A full collection at each such gap cost the follower ~40% more CPU per request
     (py-spy: a third of its samples in gc.collect) for no memory it would not free 5 s later.
     """
-    if not folded_since_gc:
-        return False
-    return since_gc > GC_EVERY or (idle_for is not None and idle_for >= GC_IDLE)
+
+    def __init__(self, now: float) -> None:
+        self.last_gc = now
+        self.folded = 0                      # events folded since the last collection
+        self.idle_since: float | None = None  # the first of the empty polls since the last fold
+
+    def polled(self, folded: int, now: float) -> bool:
+        """Note a poll that folded `folded` events; True when a collection is due."""
+        self.folded += folded
+        self.idle_since = None if folded else (self.idle_since if self.idle_since is not None else now)
+        if not self.folded:
+            return False
+        idle = self.idle_since is not None and now - self.idle_since >= GC_IDLE
+        return idle or now - self.last_gc > GC_EVERY
+
+    def collected(self, now: float) -> None:
+        self.last_gc, self.folded = now, 0
 
 
 def _drain(f: Follower) -> None:

@@ -91,13 +91,23 @@ def test_a_tail_changed_since_it_was_kept_is_read_back() -> None:
     assert kept.take(3, {**header, "cols": ["@t", "c:x"]}) is None
 
 
-@pytest.mark.parametrize(("folded", "since_gc", "idle_for", "due"), [
-    (0, 60.0, 60.0, False),    # nothing folded since the last collection: nothing to free
-    (500, 0.6, 0.0, False),    # one empty poll between two batches under load: not idle yet
-    (500, 0.6, None, False),   # busy, collected recently
-    (500, 5.1, None, True),    # busy for longer than GC_EVERY
-    (500, 1.2, 1.0, True),     # the load stopped: collect once idle for GC_IDLE
-])
-def test_the_follower_collects_garbage_when_busy_for_long_or_idle_not_between_batches(folded, since_gc, idle_for,
-                                                                                          due):
-    assert follower.collect_due(folded, since_gc, idle_for) is due
+def _collections(polls: list[tuple[float, int]]) -> list[float]:
+    """The times at which the follower would collect, given (time, events folded) polls."""
+    policy, out = follower.GcPolicy(0.0), []
+    for now, n in polls:
+        if policy.polled(n, now):
+            policy.collected(now)
+            out.append(now)
+    return out
+
+
+def test_the_follower_collects_when_busy_for_long_or_idle_not_between_two_batches():
+    # under load: a batch folded every 0.9 s, an empty poll 0.5 s after each
+    steady = [p for k in range(11) for p in ((0.9 * k, 1000), (0.9 * k + 0.5, 0))]
+    busy = _collections(steady)
+    assert len(busy) == 1 and 5.0 < busy[0] <= 5.5  # once GC_EVERY (5 s) has passed, not at each gap
+    # the load stops after a fold at 1.0 s: empty polls every 20 ms from 1.02 s
+    stopping = [(1.0, 500)] + [(1.0 + 0.02 * k, 0) for k in range(1, 200)]
+    done = _collections(stopping)
+    assert len(done) == 1 and 2.0 <= done[0] < 2.1  # once, GC_IDLE after the first empty poll
+    assert _collections([(0.02 * k, 0) for k in range(1, 500)]) == []  # nothing folded: nothing to free

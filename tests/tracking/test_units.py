@@ -470,8 +470,8 @@ def test_in_a_running_loop_flows_are_captured_then_built_in_order_without_keepin
     waiting, flow_released = asyncio.run(run())
     assert waiting == 0  # not built in the hook
     assert flow_released  # only copies were kept: no flow (or body) waits with them
+    assert [e.attrs["path"] for e in sink.of("request")] == ["/first", "/second"]  # the timer built them
     tracking.flush_pending(force=True)
-    assert [e.attrs["path"] for e in sink.of("request")] == ["/first", "/second"]
     assert len(sink.of("session.start")) == 1 and len({e.attrs["session"] for e in sink.of("request")}) == 1
 
 
@@ -495,6 +495,34 @@ def test_an_endpoint_visit_first_builds_the_flows_captured_before_it(sink, tmp_p
     assert "campaign" not in by_path["/before"]
     assert by_path["/after"]["campaign"] == "spring"
     assert by_path["/before"]["session"] == by_path["/after"]["session"]
+
+
+def test_a_flow_captured_before_midnight_and_built_after_keeps_that_days_visitor_id(sink, tmp_path):
+    """Building waits up to 0.5 s: a request seen at 23:59:59.8 UTC and visited at
+    00:00:00.3 counts under the day it came in (yesterday's salt), as it would live."""
+    now = [86400.0 * 20000 - 0.2]
+    visitors = Visitors(Salts(tmp_path, lambda: now[0]), clock=lambda: now[0])
+    live = visitors.visit("www.example.org", "203.0.113.77", CHROME).visitor
+    seen = now[0]
+    now[0] += 0.5  # past midnight: the salts rotate at the next look
+    late = visitors.visit_at(seen, "www.example.org", "203.0.113.77", CHROME)
+    assert late.visitor == live
+    after = visitors.visit("www.example.org", "203.0.113.77", CHROME)
+    assert after.visitor != live and after.session == late.session  # continued under today's id
+
+
+def test_flows_closing_after_shutdown_are_built_and_flushed_at_once(sink, tmp_path):
+    import asyncio
+
+    tracking = _tracking(sink, tmp_path, bot_follow_timeout=0.0, build_interval=60)
+
+    async def run() -> int:
+        tracking.running()
+        tracking.done()  # the gateway stops; a flow still closing ends after it
+        tracking.response(make_flow("/late", headers={"user-agent": CHROME}, content_type="text/css"))
+        return len(sink.of("request"))
+
+    assert asyncio.run(run()) == 1  # no timer would fire once the store closes
 
 
 def test_a_full_capture_batch_is_built_at_once_and_one_bad_flow_loses_no_other(sink, tmp_path, caplog):

@@ -111,3 +111,11 @@ def test_the_follower_collects_when_busy_for_long_or_idle_not_between_two_batche
     done = _collections(stopping)
     assert len(done) == 1 and 2.0 <= done[0] < 2.1  # once, GC_IDLE after the first empty poll
     assert _collections([(0.02 * k, 0) for k in range(1, 500)]) == []  # nothing folded: nothing to free
+
+
+def test_an_idle_follower_polls_less_and_less_often_and_quickly_again_after_work():
+    waits = [follower.idle_wait(k) for k in range(1, 10)]
+    assert waits[0] == follower.IDLE_SLEEP  # right after work: the next batch is probably near
+    assert waits == sorted(waits) and waits[-1] == follower.IDLE_SLEEP_MAX
+    assert sum(1 / w for w in waits[-3:]) / 3 <= 5.5  # idle: about 5 polls a second, not 50
+    assert follower.idle_wait(10_000) == follower.IDLE_SLEEP_MAX

@@ -191,8 +191,7 @@ class Tracking:
             self._task.cancel()
             self._task = None
         self._done = True
-        self.build_captured()
-        self.flush_pending(force=True)
+        self.flush_pending(force=True)  # builds what is captured first
         flush = getattr(self.recorder, "flush", None)  # a BatchRecorder: hand over the last batch
         if flush is not None:
             flush()
@@ -206,8 +205,8 @@ class Tracking:
                 log.exception("tracking sweeper failed")
 
     def sweep(self) -> None:
-        """Release overdue held events; every 30 s, record ended sessions."""
-        self.build_captured()
+        """Release overdue held events (building what is captured first); every 30 s,
+        record ended sessions."""
         self.flush_pending()
         now = time.monotonic()
         if now - self._last_session_sweep >= 30:

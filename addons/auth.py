@@ -55,7 +55,7 @@ from mitmproxy.proxy.mode_specs import RegularMode
 from addons import metadata
 from addons.accounts import AccountLedger, AccountMapping
 from addons.pages import SERVER_HEADER, error_response, wants_json
-from addons.headerscan import IDENTITY_HEADERS
+from addons.headerscan import IDENTITY_HEADERS, header_key
 from addons.recorder import Recorder
 from auth.cache import CredentialCache
 from auth.errors import (Banned, DirectoryUnavailable, InvalidCredentials, RegulationStoreError,
@@ -151,7 +151,7 @@ def _without_names(fields: tuple[tuple[bytes, bytes], ...],
                    names: frozenset[bytes]) -> tuple[tuple[bytes, bytes], ...]:
     """The header fields but those named in `names` (lower case, `-`), whatever their case or
     `_` spelling (CGI/WSGI servers read `Remote_User` as `Remote-User`)."""
-    return tuple(f for f in fields if f[0].lower().replace(b"_", b"-") not in names)
+    return tuple(f for f in fields if header_key(f[0]) not in names)
 
 
 def _client_ip(flow: http.HTTPFlow) -> str | None:
@@ -198,7 +198,7 @@ class Auth:
         self._gone: set[str] = set()  # users the directory no longer knows: sessions refused
         self._task: asyncio.Task[None] | None = None
         self._cookie_prefix = settings.cookie_name.encode() + b"="
-        self._header_names = frozenset(n.lower().replace("_", "-").encode() for n in (
+        self._header_names = frozenset(header_key(n.encode()) for n in (
             settings.header_user, settings.header_groups, settings.header_email, settings.header_name))
         # the configured names Forwarded does not already strip from every request
         self._unusual_header_names = self._header_names - {h.encode() for h in IDENTITY_HEADERS}

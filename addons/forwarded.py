@@ -38,7 +38,7 @@ from mitmproxy.proxy.mode_specs import RegularMode
 
 from addons import metadata
 from addons.refusals import refuse_unread
-from addons.headerscan import IDENTITY_HEADERS, names, scan_headers
+from addons.headerscan import IDENTITY_HEADERS, header_key, names, scan_headers
 from addons.pages import error_response, wants_json
 
 log = logging.getLogger("portico.forwarded")
@@ -75,7 +75,7 @@ def clean_fields(fields: HeaderFields) -> tuple[HeaderFields, list[str], list[st
     dropped: list[str] = []
     unfolded: list[str] = []
     for name, value in fields:
-        if b"_" in name and name.lower().replace(b"_", b"-") in _UNDERSCORED:
+        if b"_" in name and header_key(name) in _UNDERSCORED:
             dropped.append(name.decode("latin-1"))
             continue
         if b"\r" in value or b"\n" in value:

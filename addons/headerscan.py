@@ -27,6 +27,12 @@ IDENTITY_HEADERS = (
 `auth.headers` that are not among them)."""
 
 
+def header_key(name: bytes) -> bytes:
+    """A header name as CGI/WSGI servers read it: case and `_`/`-` don't matter
+    (`Remote_User` and `remote-user` both reach the application as REMOTE_USER)."""
+    return name.lower().replace(b"_", b"-")
+
+
 def scan_headers(headers: Headers, wanted: frozenset[bytes]) -> dict[bytes, str]:
     """{lower-case name: value} of the `wanted` (lower-case bytes) headers present."""
     found: dict[bytes, bytes] = {}
